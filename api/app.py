@@ -1,0 +1,86 @@
+"""The FastAPI application: REST, gateway, WebSocket hub and dashboard."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
+
+from api import gateway, routes_runs
+from api.artifacts import LocalArtifactStore
+from processor.store import Store
+from runstream.config import Settings
+
+DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+
+
+def create_app(settings: Settings, store: Store, processor: Any = None) -> FastAPI:
+    gw = gateway.Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub = getattr(app.state, "hub", None)
+        if hub is not None:
+            await hub.start()
+        try:
+            yield
+        finally:
+            if hub is not None:
+                await hub.stop()
+            await gw.close()
+
+    app = FastAPI(
+        title="runstream",
+        version="0.1.0",
+        description="Metrics of ML training runs: ingest gateway, run history, analytics and live updates.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.processor = processor
+    app.state.gateway = gw
+    app.state.artifacts = LocalArtifactStore(settings.artifacts_dir)
+    app.state.max_upload_bytes = 512 * 1024 * 1024
+    app.state.started_at = time.time()
+
+    @app.middleware("http")
+    async def scope(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        request.state.project = None  # all projects are visible until keys are configured
+        return await call_next(request)
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> JSONResponse:
+        body: dict[str, Any] = {"status": "ok", "uptime_s": round(time.time() - app.state.started_at, 1)}
+        try:
+            await store.call(store.query_rows, "SELECT 1")
+            body["clickhouse"] = "ok"
+        except Exception as exc:
+            body["clickhouse"] = f"error: {exc}"[:300]
+            body["status"] = "degraded"
+        if processor is not None:
+            stats = processor.stats
+            body["processor"] = {
+                "events_in": stats.events_in,
+                "points_written": stats.points_written,
+                "batches": stats.batches,
+                "batches_retried": stats.batches_retried,
+                "dead_letters": stats.dead_letters,
+                "consumer_lag": stats.consumer_lag,
+                "clickhouse_ok": stats.clickhouse_ok,
+                "last_error": stats.last_error or None,
+            }
+            if not stats.clickhouse_ok:
+                body["status"] = "degraded"
+        return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    app.include_router(gateway.router)
+    app.include_router(routes_runs.router)
+    if DASHBOARD_DIR.is_dir():
+        app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
+    return app

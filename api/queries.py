@@ -1,0 +1,350 @@
+"""Parameterised reads over the storage schema (docs/storage.md).
+
+Every value a user supplies is bound as a ClickHouse query parameter; the
+only text composed into SQL comes from fixed whitelists below.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from processor.store import Store
+
+RUN_FIELDS = "project, run_id, experiment, name, parent_id, status, error, created_at, ended_at, last_seen, tags, params, descriptions"
+ORDERABLE = {"created_at", "last_seen", "ended_at", "name", "status", "experiment", "run_id"}
+SUMMARY_STATS = ("last", "min", "max", "mean", "count", "first")
+SUMMARY_SELECT = (
+    "sum(count) AS count, argMinMerge(first) AS first, argMaxMerge(last) AS last, "
+    "if(isNaN(avgIfMerge(mean)), NULL, minIfMerge(min)) AS min, if(isNaN(avgIfMerge(mean)), NULL, maxIfMerge(max)) AS max, "
+    "avgIfMerge(mean) AS mean, max(last_step) AS last_step"
+)
+
+
+class NotFound(LookupError):
+    pass
+
+
+class BadQuery(ValueError):
+    pass
+
+
+def clean(x: Any) -> Any:
+    """JSON-safe number: NaN and infinities become None."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _ts(x: Any) -> float | None:
+    return None if x is None else x.timestamp()
+
+
+def run_row_to_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": row["run_id"],
+        "project": row["project"],
+        "experiment": row["experiment"],
+        "name": row["name"],
+        "parent": row["parent_id"] or None,
+        "status": row["status"],
+        "error": row["error"] or None,
+        "created_at": _ts(row["created_at"]),
+        "ended_at": _ts(row["ended_at"]),
+        "last_seen": _ts(row["last_seen"]),
+        "tags": dict(row["tags"]),
+        "params": dict(row["params"]),
+    }
+
+
+def _scope(project: str | None, params: dict[str, Any], column: str = "project") -> str:
+    if project is None:
+        return "1"
+    params["project"] = project
+    return f"{column} = {{project:String}}"
+
+
+def get_run(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"run": run_id}
+    rows = store.query_dicts(
+        f"SELECT {RUN_FIELDS} FROM runs FINAL WHERE run_id = {{run:String}} AND {_scope(project, params)}", params
+    )
+    if not rows:
+        # Points may arrive before (or without) a run_start event.
+        count = store.query_rows(
+            f"SELECT count() FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)}", params
+        )[0][0]
+        if not count:
+            raise NotFound(f"run {run_id!r} not found")
+        raise NotFound(f"run {run_id!r} has events but no state yet")
+    run = run_row_to_json(rows[0])
+    run["descriptions"] = dict(rows[0]["descriptions"])
+    run["metrics"] = metric_summaries(store, run_id, run["project"])
+    run["children"] = [
+        {"id": r["run_id"], "name": r["name"], "status": r["status"]}
+        for r in store.query_dicts(
+            "SELECT run_id, name, status FROM runs FINAL WHERE parent_id = {run:String} AND project = {project:String} ORDER BY created_at",
+            {"run": run_id, "project": run["project"]},
+        )
+    ]
+    counts = store.query_dicts(
+        "SELECT count() AS events, sum(points) AS points FROM ingested_events WHERE project = {project:String} AND run_id = {run:String}",
+        {"run": run_id, "project": run["project"]},
+    )[0]
+    run["events"] = int(counts["events"])
+    run["points"] = int(counts["points"] or 0)
+    run["tables"] = [
+        r[0]
+        for r in store.query_rows(
+            "SELECT DISTINCT table_name FROM table_cells WHERE project = {project:String} AND run_id = {run:String} ORDER BY table_name",
+            {"run": run_id, "project": run["project"]},
+        )
+    ]
+    return run
+
+
+def metric_summaries(store: Store, run_id: str, project: str) -> dict[str, dict[str, Any]]:
+    rows = store.query_dicts(
+        f"SELECT metric, {SUMMARY_SELECT} FROM metric_summaries WHERE project = {{project:String}} AND run_id = {{run:String}} GROUP BY metric ORDER BY metric",
+        {"run": run_id, "project": project},
+    )
+    return {
+        r["metric"]: {k: clean(r[k]) for k in ("count", "first", "last", "min", "max", "mean", "last_step")}
+        for r in rows
+    }
+
+
+def run_project(store: Store, run_id: str, project: str | None) -> str:
+    params: dict[str, Any] = {"run": run_id}
+    rows = store.query_rows(
+        f"SELECT project FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)} LIMIT 1", params
+    )
+    if not rows:
+        rows = store.query_rows(f"SELECT project FROM runs FINAL WHERE run_id = {{run:String}} AND {_scope(project, params)} LIMIT 1", params)
+    if not rows:
+        raise NotFound(f"run {run_id!r} not found")
+    return str(rows[0][0])
+
+
+def get_metrics(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
+    """The get_metrics() form: scalar for a name logged once, list otherwise; tables as columns."""
+    proj = run_project(store, run_id, project)
+    params = {"run": run_id, "project": proj}
+    out: dict[str, Any] = {}
+    rows = store.query_rows(
+        "SELECT metric, groupArray(value), groupArray(value_str) FROM "
+        "(SELECT metric, value, value_str FROM metric_points WHERE project = {project:String} AND run_id = {run:String} "
+        "ORDER BY metric, step, ts, kafka_offset) GROUP BY metric ORDER BY metric",
+        params,
+    )
+    for metric, values, strs in rows:
+        merged = [s if s else clean(v) for v, s in zip(values, strs)]
+        out[metric] = merged[0] if len(merged) == 1 else merged
+    for name, table in get_tables(store, run_id, proj).items():
+        out[name] = table
+    return out
+
+
+def get_tables(store: Store, run_id: str, project: str, name: str | None = None) -> dict[str, dict[str, list[Any]]]:
+    params: dict[str, Any] = {"run": run_id, "project": project}
+    where = ""
+    if name is not None:
+        params["name"] = name
+        where = " AND table_name = {name:String}"
+    rows = store.query_rows(
+        "SELECT table_name, column, groupArray(value), groupArray(value_str), min(ts) AS first_ts FROM "
+        "(SELECT table_name, column, row, value, value_str, ts FROM table_cells WHERE project = {project:String} AND run_id = {run:String}"
+        + where
+        + " ORDER BY table_name, row) GROUP BY table_name, column ORDER BY table_name, first_ts, column",
+        params,
+    )
+    tables: dict[str, dict[str, list[Any]]] = {}
+    for table, column, values, strs, _ in rows:
+        tables.setdefault(table, {})[column] = [s if s else clean(v) for v, s in zip(values, strs)]
+    return tables
+
+
+@dataclass
+class Series:
+    name: str
+    steps: list[int]
+    values: list[Any]
+    timestamps: list[float]
+    count: int
+    downsampled: bool
+
+
+def get_series(
+    store: Store, run_id: str, project: str | None, name: str, max_points: int | None, from_step: int | None, to_step: int | None
+) -> Series:
+    proj = run_project(store, run_id, project)
+    params: dict[str, Any] = {"run": run_id, "project": proj, "metric": name}
+    where = "project = {project:String} AND run_id = {run:String} AND metric = {metric:String}"
+    if from_step is not None:
+        params["from"] = from_step
+        where += " AND step >= {from:Int64}"
+    if to_step is not None:
+        params["to"] = to_step
+        where += " AND step <= {to:Int64}"
+    count = int(store.query_rows(f"SELECT count() FROM metric_points WHERE {where}", params)[0][0])
+    if count == 0:
+        exists = store.query_rows(
+            "SELECT 1 FROM metric_summaries WHERE project = {project:String} AND run_id = {run:String} AND metric = {metric:String} LIMIT 1",
+            params,
+        )
+        if not exists:
+            raise NotFound(f"metric {name!r} not found in run {run_id!r}")
+    if max_points is not None and count > max_points:
+        params["n"] = max(3, int(max_points))
+        # Shape-preserving downsampling in the engine (largest triangle three buckets).
+        rows = store.query_rows(
+            f"SELECT arrayJoin(largestTriangleThreeBuckets({{n:UInt64}})(toFloat64(step), value)) AS p FROM "
+            f"(SELECT step, value FROM metric_points WHERE {where} AND isFinite(value) ORDER BY step)",
+            params,
+        )
+        steps = [int(p[0][0]) for p in rows]
+        values = [clean(p[0][1]) for p in rows]
+        return Series(name, steps, values, [], count, True)
+    rows = store.query_rows(
+        f"SELECT step, value, value_str, toUnixTimestamp64Milli(ts) FROM metric_points WHERE {where} ORDER BY step, ts", params
+    )
+    return Series(
+        name,
+        [r[0] for r in rows],
+        [r[2] if r[2] else clean(r[1]) for r in rows],
+        [r[3] / 1000.0 for r in rows],
+        count,
+        False,
+    )
+
+
+def list_experiments(store: Store, project: str | None) -> list[dict[str, Any]]:
+    params: dict[str, Any] = {}
+    rows = store.query_dicts(
+        "SELECT project, experiment, count() AS runs, countIf(status = 'Running') AS running, "
+        "max(last_seen) AS last_activity, min(created_at) AS created_at "
+        f"FROM runs FINAL WHERE {_scope(project, params)} GROUP BY project, experiment ORDER BY last_activity DESC",
+        params,
+    )
+    return [
+        {
+            "project": r["project"],
+            "name": r["experiment"],
+            "runs": int(r["runs"]),
+            "running": int(r["running"]),
+            "last_activity": _ts(r["last_activity"]),
+            "created_at": _ts(r["created_at"]),
+        }
+        for r in rows
+    ]
+
+
+def list_runs(
+    store: Store,
+    project: str | None,
+    *,
+    experiment: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    parent: str | None = None,
+    order_by: str = "-created_at",
+    limit: int = 100,
+    offset: int = 0,
+    metrics: list[str] | None = None,
+) -> dict[str, Any]:
+    params: dict[str, Any] = {"limit": limit, "offset": offset}
+    where = [_scope(project, params, "r.project")]
+    if experiment is not None:
+        params["experiment"] = experiment
+        where.append("r.experiment = {experiment:String}")
+    if status is not None:
+        params["statuses"] = [s for s in status.split(",") if s]
+        where.append("r.status IN {statuses:Array(String)}")
+    if tag is not None:
+        key, sep, value = tag.partition("=")
+        params["tag_key"] = key
+        if sep:
+            params["tag_value"] = value
+            where.append("r.tags[{tag_key:String}] = {tag_value:String}")
+        else:
+            where.append("mapContains(r.tags, {tag_key:String})")
+    if parent is not None:
+        params["parent"] = "" if parent in ("", "none", "null") else parent
+        where.append("r.parent_id = {parent:String}")
+
+    desc = order_by.startswith("-")
+    key = order_by.lstrip("-+")
+    join = ""
+    if key.startswith("metric."):
+        metric, _, stat = key[len("metric.") :].partition(":")
+        stat = stat or "last"
+        if stat not in SUMMARY_STATS:
+            raise BadQuery(f"order_by statistic must be one of {', '.join(SUMMARY_STATS)}")
+        params["order_metric"] = metric
+        join = (
+            f" LEFT JOIN (SELECT project, run_id, {SUMMARY_SELECT} FROM metric_summaries "
+            "WHERE metric = {order_metric:String} GROUP BY project, run_id) AS o ON o.project = r.project AND o.run_id = r.run_id"
+        )
+        where.append("o.run_id != ''")
+        order = f"o.{stat} {'DESC' if desc else 'ASC'}, r.run_id"
+    elif key in ORDERABLE:
+        order = f"r.{key} {'DESC' if desc else 'ASC'}, r.run_id"
+    else:
+        raise BadQuery(f"order_by must be one of {', '.join(sorted(ORDERABLE))} or metric.<name>[:stat], optionally prefixed by '-'")
+
+    fields = ", ".join(f"r.{f.strip()} AS {f.strip()}" for f in RUN_FIELDS.split(","))
+    base = f"FROM (SELECT * FROM runs FINAL) AS r{join} WHERE {' AND '.join(where)}"
+    total = int(store.query_rows(f"SELECT count() {base}", params)[0][0])
+    rows = store.query_dicts(f"SELECT {fields} {base} ORDER BY {order} LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}", params)
+    runs = [run_row_to_json(r) for r in rows]
+    if metrics and runs:
+        summaries = summaries_for(store, [(r["project"], r["id"]) for r in runs], metrics)
+        for r in runs:
+            r["metrics"] = summaries.get(r["id"], {})
+    return {"total": total, "limit": limit, "offset": offset, "runs": runs}
+
+
+def summaries_for(store: Store, runs: list[tuple[str, str]], metrics: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    rows = store.query_dicts(
+        f"SELECT run_id, metric, {SUMMARY_SELECT} FROM metric_summaries "
+        "WHERE run_id IN {runs:Array(String)} AND metric IN {metrics:Array(String)} AND project IN {projects:Array(String)} "
+        "GROUP BY run_id, metric",
+        {"runs": [r for _, r in runs], "metrics": metrics, "projects": sorted({p for p, _ in runs})},
+    )
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(r["run_id"], {})[r["metric"]] = {k: clean(r[k]) for k in ("count", "first", "last", "min", "max", "mean", "last_step")}
+    return out
+
+
+def get_logs(store: Store, run_id: str, project: str | None, since: float, limit: int) -> dict[str, Any]:
+    proj = run_project(store, run_id, project)
+    rows = store.query_rows(
+        "SELECT toUnixTimestamp64Micro(ts), stream, line FROM run_logs WHERE project = {project:String} AND run_id = {run:String} "
+        "AND ts > fromUnixTimestamp64Micro({since:Int64}) ORDER BY ts, kafka_offset, idx LIMIT {limit:UInt32}",
+        {"project": proj, "run": run_id, "since": int(round(since * 1e6)), "limit": limit},
+    )
+    lines = [{"ts": r[0] / 1e6, "stream": r[1], "line": r[2]} for r in rows]
+    return {"lines": lines, "next_since": lines[-1]["ts"] if lines else since}
+
+
+def get_files(store: Store, run_id: str, project: str | None) -> list[dict[str, Any]]:
+    proj = run_project(store, run_id, project)
+    rows = store.query_dicts(
+        "SELECT path, file_kind, name, size, content_type, sha256, ts FROM run_files FINAL "
+        "WHERE project = {project:String} AND run_id = {run:String} ORDER BY path",
+        {"project": proj, "run": run_id},
+    )
+    return [
+        {
+            "path": r["path"],
+            "kind": r["file_kind"],
+            "name": r["name"],
+            "size": int(r["size"]),
+            "content_type": r["content_type"],
+            "sha256": r["sha256"],
+            "ts": _ts(r["ts"]),
+        }
+        for r in rows
+    ]

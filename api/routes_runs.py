@@ -1,0 +1,149 @@
+"""Run, experiment, series, table, log and file endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import FileResponse
+
+from api import queries
+from api.artifacts import LocalArtifactStore
+from processor.store import Store
+
+router = APIRouter(prefix="/api/v1", tags=["runs"])
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+async def _call(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return await _store(request).call(fn, _store(request), *args, **kwargs)
+    except queries.NotFound as exc:
+        raise HTTPException(404, str(exc)) from None
+    except queries.BadQuery as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+@router.get("/experiments")
+async def experiments(request: Request) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = await _call(request, queries.list_experiments, request.state.project)
+    return result
+
+
+@router.get("/runs")
+async def runs(
+    request: Request,
+    experiment: str | None = None,
+    status: str | None = Query(None, description="comma-separated statuses"),
+    tag: str | None = Query(None, description="'key' or 'key=value'"),
+    parent: str | None = Query(None, description="parent run id; 'none' for top-level runs"),
+    order_by: str = Query("-created_at", description="created_at, last_seen, name, status, ... or metric.<name>[:last|min|max|mean|count]; '-' for descending"),
+    limit: int = Query(100, ge=1, le=10_000),
+    offset: int = Query(0, ge=0),
+    metrics: str | None = Query(None, description="comma-separated metric names whose summaries to include"),
+) -> dict[str, Any]:
+    result: dict[str, Any] = await _call(
+        request,
+        queries.list_runs,
+        request.state.project,
+        experiment=experiment,
+        status=status,
+        tag=tag,
+        parent=parent,
+        order_by=order_by,
+        limit=limit,
+        offset=offset,
+        metrics=[m for m in (metrics or "").split(",") if m],
+    )
+    return result
+
+
+@router.get("/runs/{run_id}")
+async def run(request: Request, run_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = await _call(request, queries.get_run, run_id, request.state.project)
+    return result
+
+
+@router.get("/runs/{run_id}/metrics")
+async def run_metrics(request: Request, run_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = await _call(request, queries.get_metrics, run_id, request.state.project)
+    return result
+
+
+@router.get("/runs/{run_id}/metrics/{name:path}")
+async def run_series(
+    request: Request,
+    run_id: str,
+    name: str,
+    max_points: int | None = Query(None, ge=3, le=1_000_000),
+    from_step: int | None = None,
+    to_step: int | None = None,
+) -> dict[str, Any]:
+    series: queries.Series = await _call(request, queries.get_series, run_id, request.state.project, name, max_points, from_step, to_step)
+    return {
+        "run": run_id,
+        "name": series.name,
+        "steps": series.steps,
+        "values": series.values,
+        "timestamps": series.timestamps,
+        "count": series.count,
+        "downsampled": series.downsampled,
+    }
+
+
+@router.get("/runs/{run_id}/tables/{name:path}")
+async def run_table(request: Request, run_id: str, name: str) -> dict[str, Any]:
+    def fetch(store: Store, run_id: str, project: str | None, name: str) -> dict[str, Any]:
+        proj = queries.run_project(store, run_id, project)
+        tables = queries.get_tables(store, run_id, proj, name)
+        if name not in tables:
+            raise queries.NotFound(f"table {name!r} not found in run {run_id!r}")
+        columns = tables[name]
+        return {"run": run_id, "name": name, "columns": columns, "rows": max((len(v) for v in columns.values()), default=0)}
+
+    result: dict[str, Any] = await _call(request, fetch, run_id, request.state.project, name)
+    return result
+
+
+@router.get("/runs/{run_id}/logs")
+async def run_logs(request: Request, run_id: str, since: float = 0.0, limit: int = Query(1000, ge=1, le=100_000)) -> dict[str, Any]:
+    result: dict[str, Any] = await _call(request, queries.get_logs, run_id, request.state.project, since, limit)
+    return result
+
+
+@router.get("/runs/{run_id}/files")
+async def run_files(request: Request, run_id: str) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = await _call(request, queries.get_files, run_id, request.state.project)
+    return result
+
+
+@router.get("/runs/{run_id}/files/{path:path}")
+async def run_file(request: Request, run_id: str, path: str) -> FileResponse:
+    project: str = await _call(request, queries.run_project, run_id, request.state.project)
+    artifacts: LocalArtifactStore = request.app.state.artifacts
+    try:
+        target = artifacts.open_path(project, run_id, path)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    if target is None:
+        raise HTTPException(404, f"file {path!r} not found in run {run_id!r}")
+    return FileResponse(target)
+
+
+@router.put("/runs/{run_id}/files/{path:path}", tags=["ingest"])
+async def upload_file(request: Request, run_id: str, path: str, project: str | None = None) -> dict[str, Any]:
+    scope = request.state.project
+    if scope is not None and project not in (None, scope):
+        raise HTTPException(403, f"this API key may only write to project {scope!r}")
+    body = await request.body()
+    if len(body) > request.app.state.max_upload_bytes:
+        raise HTTPException(413, f"file of {len(body)} bytes exceeds the {request.app.state.max_upload_bytes}-byte limit")
+    artifacts: LocalArtifactStore = request.app.state.artifacts
+    try:
+        return artifacts.put(scope or project or request.app.state.settings.project, run_id, path, body)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None

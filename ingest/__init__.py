@@ -1,0 +1,15 @@
+"""The runstream client: log from a training script to Kafka without blocking.
+
+    from ingest import Experiment, Run
+    run = Experiment("sweep").start_logging()
+    run.log("loss", 0.25)
+
+`run` holds Run and Experiment (the logging API), `shipper` the background
+thread that batches events and produces them with aiokafka, `values` the
+checks that make invalid input raise at once, `reader` the HTTP reads
+(`get_metrics` and friends).
+"""
+
+from ingest.run import Experiment, Run
+
+__all__ = ["Experiment", "Run"]

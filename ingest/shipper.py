@@ -1,0 +1,239 @@
+"""The background shipper: one thread per process running an aiokafka producer.
+
+Training threads only append to their run's in-memory buffers. Every
+`linger` seconds (sooner when a buffer fills) the shipper seals each run's
+buffers into events, in the order they were logged, and produces them keyed by
+run id with an idempotent, lz4-compressed, lingering producer. `flush()`
+waits for the acknowledgement of everything sealed so far; interpreter exit
+flushes too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaProducer
+
+from runstream.config import Settings
+from runstream.wire import encode
+
+if TYPE_CHECKING:
+    from ingest.run import Run
+
+log = logging.getLogger("runstream.client")
+
+LINGER_S = 0.05
+HEARTBEAT_S = 15.0
+DEFAULT_MAX_BUFFERED_POINTS = 2_000_000
+
+
+class Shipper:
+    def __init__(self, settings: Settings, *, linger: float = LINGER_S, max_buffered_points: int = DEFAULT_MAX_BUFFERED_POINTS) -> None:
+        self.settings = settings
+        self.linger = linger
+        self.max_buffered_points = max_buffered_points
+        self.buffered_points = 0  # approximate across threads; a bound, not an account
+        self.dropped_points = 0
+        self.sent_events = 0
+        self.acked_events = 0
+        self.failed_sends = 0
+        self._runs: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
+        self._open: dict[str, Run] = {}  # runs not yet ended are kept alive until they end
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="runstream-shipper", daemon=True)
+        self._producer: AIOKafkaProducer | None = None
+        self._inflight: set[asyncio.Future[Any]] = set()
+        self._wake = asyncio.Event()
+        self._drain_lock: asyncio.Lock | None = None
+        self._warned_down = False
+        self._warned_drop = False
+        self._closed = False
+        self._thread.start()
+        self._main: Future[None] = asyncio.run_coroutine_threadsafe(self._main_loop(), self._loop)
+
+    # --- called from training threads ---
+    def register(self, run: Run) -> None:
+        self._runs[run.id] = run
+        self._open[run.id] = run
+
+    def unregister(self, run: Run) -> None:
+        self._open.pop(run.id, None)
+
+    def nudge(self) -> None:
+        """A buffer is full: drain now rather than at the next linger tick."""
+        self._loop.call_soon_threadsafe(self._wake.set)
+
+    def reserve(self, n: int) -> bool:
+        """Account for n buffered points; False (and counted) when the memory bound is reached."""
+        if self.buffered_points + n > self.max_buffered_points:
+            self.dropped_points += n
+            if not self._warned_drop:
+                self._warned_drop = True
+                log.warning(
+                    "runstream: client buffer full (%d points) - Kafka at %s is not keeping up; dropping points (see shipper.dropped_points)",
+                    self.max_buffered_points,
+                    self.settings.kafka,
+                )
+            return False
+        self.buffered_points += n
+        return True
+
+    def flush(self, timeout: float | None = 60.0) -> bool:
+        """Block until every event sealed so far is acknowledged; False on timeout."""
+        if self._closed:
+            return True
+        fut = asyncio.run_coroutine_threadsafe(self._flush(), self._loop)
+        try:
+            fut.result(timeout)
+            return True
+        except TimeoutError:
+            fut.cancel()
+            log.warning("runstream: flush timed out after %ss; events stay buffered and will be retried", timeout)
+            return False
+
+    def call(self, fn: Callable[[], Any]) -> None:
+        self._loop.call_soon_threadsafe(fn)
+
+    def close(self, timeout: float = 30.0) -> None:
+        if self._closed:
+            return
+        self.flush(timeout)
+        self._closed = True
+        fut = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
+        try:
+            fut.result(10)
+        except Exception:
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    # --- the shipper thread ---
+    async def _ensure_producer(self) -> AIOKafkaProducer:
+        if self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka,
+                enable_idempotence=True,
+                compression_type="lz4",
+                linger_ms=10,
+                max_batch_size=1024 * 1024,
+                max_request_size=8 * 1024 * 1024,
+                request_timeout_ms=30_000,
+            )
+            await producer.start()
+            self._producer = producer
+            if self._warned_down:
+                log.warning("runstream: Kafka at %s is reachable again; shipping buffered events", self.settings.kafka)
+                self._warned_down = False
+        return self._producer
+
+    async def _main_loop(self) -> None:
+        self._drain_lock = asyncio.Lock()
+        last_heartbeat = time.time()
+        while not self._closed:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.linger)
+            except asyncio.TimeoutError:
+                pass
+            self._wake.clear()
+            now = time.time()
+            if now - last_heartbeat >= HEARTBEAT_S:
+                last_heartbeat = now
+                for run in list(self._open.values()):
+                    run._heartbeat()
+            try:
+                await self._drain()
+            except Exception as exc:
+                if not self._warned_down:
+                    self._warned_down = True
+                    log.warning("runstream: cannot reach Kafka at %s (%s); buffering and retrying", self.settings.kafka, exc)
+                await self._reset_producer()
+                await asyncio.sleep(1.0)
+
+    async def _reset_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), 5)
+            except Exception:
+                pass
+
+    async def _drain(self) -> None:
+        assert self._drain_lock is not None
+        async with self._drain_lock:
+            runs = list(self._runs.values())
+            if not any(run._has_pending() for run in runs):
+                return
+            producer = await self._ensure_producer()
+            for run in runs:
+                events = run._take_events()
+                if not events:
+                    continue
+                key = run.id.encode()
+                sent = 0
+                try:
+                    for i, (event, points) in enumerate(events):
+                        fut = await producer.send(self.settings.events_topic, encode(event), key=key)
+                        sent = i + 1
+                        self._track(fut, run, event, points)
+                except Exception:
+                    run._requeue(events[sent:])
+                    raise
+
+    def _track(self, fut: asyncio.Future[Any], run: Run, event: dict[str, Any], points: int) -> None:
+        self.sent_events += 1
+        self._inflight.add(fut)
+
+        def done(f: asyncio.Future[Any]) -> None:
+            self._inflight.discard(f)
+            if f.cancelled() or f.exception() is not None:
+                self.failed_sends += 1
+                run._requeue([(event, points)])
+                self._wake.set()
+            else:
+                self.acked_events += 1
+                self.buffered_points = max(0, self.buffered_points - points)
+
+        fut.add_done_callback(done)
+
+    async def _flush(self) -> None:
+        while True:
+            try:
+                await self._drain()
+            except Exception:
+                await asyncio.sleep(0.5)
+                continue
+            pending = list(self._inflight)
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+            if not any(run._has_pending() for run in list(self._runs.values())) and not self._inflight:
+                return
+
+    async def _stop(self) -> None:
+        await self._reset_producer()
+
+
+_shipper: Shipper | None = None
+_shipper_lock = threading.Lock()
+
+
+def get_shipper(settings: Settings) -> Shipper:
+    global _shipper
+    with _shipper_lock:
+        if _shipper is None or _shipper._closed or _shipper.settings.kafka != settings.kafka or _shipper.settings.events_topic != settings.events_topic:
+            _shipper = Shipper(settings)
+        return _shipper
+
+
+def _at_exit() -> None:
+    if _shipper is not None:
+        _shipper.close(timeout=30.0)
+
+
+atexit.register(_at_exit)

@@ -1,0 +1,66 @@
+"""Input checks for logging calls: raise at once, in the caller's thread."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from runstream.wire import MAX_NAME, MAX_STRING_VALUE
+
+NONFINITE_TOKEN = {math.inf: "inf", -math.inf: "-inf"}
+
+
+class InvalidInput(ValueError):
+    """A logging call got something it cannot log; the message says what."""
+
+
+def check_name(name: object, what: str = "metric name") -> str:
+    if type(name) is not str:
+        raise InvalidInput(f"{what} must be a string, got {type(name).__name__}: {name!r}")
+    if not name.strip():
+        raise InvalidInput(f"{what} must not be empty")
+    if len(name) > MAX_NAME:
+        raise InvalidInput(f"{what} {name[:40]!r}... is {len(name)} characters long; the limit is {MAX_NAME}")
+    if "\x00" in name:
+        raise InvalidInput(f"{what} {name!r} must not contain NUL characters")
+    return name
+
+
+def coerce_value(value: Any, name: str) -> float | str:
+    """A number as float, or a string; anything else raises InvalidInput."""
+    if isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        if len(value) > MAX_STRING_VALUE:
+            raise InvalidInput(f"string value of {name!r} is {len(value)} characters; the limit is {MAX_STRING_VALUE}")
+        return value
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except OverflowError:
+            raise InvalidInput(f"value of {name!r} is too large for a float64") from None
+    item = getattr(value, "item", None)  # numpy scalars and 1-element tensors
+    if callable(item) and getattr(value, "size", getattr(value, "numel", lambda: 1)) in (1,):
+        return coerce_value(item(), name)
+    if callable(item):
+        try:
+            numel = value.numel() if hasattr(value, "numel") else value.size
+        except Exception:
+            numel = None
+        if numel == 1:
+            return coerce_value(item(), name)
+    raise InvalidInput(f"value of {name!r} must be a number or a string, got {type(value).__name__}: {value!r:.80}")
+
+
+def coerce_scalar_text(value: Any, what: str) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int, float)):
+        text = value if isinstance(value, str) else repr(value)
+        if len(text) > MAX_STRING_VALUE:
+            raise InvalidInput(f"{what} is longer than {MAX_STRING_VALUE} characters")
+        return text
+    raise InvalidInput(f"{what} must be a string or number, got {type(value).__name__}")

@@ -1,0 +1,390 @@
+"""The consumer loop: poll a batch, write it, then commit.
+
+Exactly-once into ClickHouse: offsets are committed only after every table
+holds the batch; on a partition assignment each table's watermark (its highest
+stored offset per partition) is read back, so records replayed after a crash or
+a rebalance are skipped table by table. Events that cannot be decoded or
+validated go to the dead-letter topic with the reason, and the rest proceed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from processor import batch as batching
+from processor.live import build_updates
+from processor.runstate import RUN_COLUMNS, RunState, apply
+from processor.schema import WATERMARKED_TABLES
+from processor.store import Store
+from runstream.config import Settings
+from runstream.wire import WireError, decode, validate
+
+log = logging.getLogger("runstream.processor")
+
+MAX_RUN_CACHE = 100_000
+
+
+@dataclass
+class ProcessorStats:
+    events_in: int = 0
+    points_written: int = 0
+    events_written: int = 0
+    events_skipped: int = 0
+    batches: int = 0
+    batches_retried: int = 0
+    dead_letters: int = 0
+    live_messages: int = 0
+    consumer_lag: int = 0
+    clickhouse_ok: bool = True
+    last_error: str = ""
+    started_at: float = field(default_factory=time.time)
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the pipeline's topics if missing (idempotent)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        wanted = [
+            NewTopic(settings.events_topic, settings.partitions, 1),
+            NewTopic(settings.live_topic, 1, 1, topic_configs={"retention.ms": "600000"}),
+            NewTopic(settings.deadletter_topic, 1, 1),
+        ]
+        missing = [t for t in wanted if t.name not in existing]
+        if missing:
+            try:
+                await admin.create_topics(missing)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, processor: Processor) -> None:
+        self.processor = processor
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Wait for the batch in flight so its offsets are committed by this owner.
+        async with self.processor._work_lock:
+            pass
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.processor._load_watermarks(assigned)
+
+
+class Processor:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        *,
+        group_id: str | None = None,
+        publish_live: bool = True,
+        max_records: int = 20_000,
+        fail_injector: Any = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.group_id = group_id or settings.group_id
+        self.publish_live = publish_live
+        self.max_records = max_records
+        self.stats = ProcessorStats()
+        self.watermarks: batching.Watermarks = {t: {} for t in WATERMARKED_TABLES}
+        self.runs: OrderedDict[str, RunState] = OrderedDict()
+        self.seen_ids: dict[str, set[str]] = {}
+        self._fail_injector = fail_injector
+        self._work_lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    # --- lifecycle ---
+    async def start(self) -> None:
+        await ensure_topics(self.settings)
+        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka, linger_ms=5, compression_type="lz4", max_request_size=8 * 1024 * 1024)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_wait_ms=50,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        self._consumer.subscribe([self.settings.events_topic], listener=_Rebalance(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="runstream-processor")
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(self._task, timeout=30)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._task.cancel()
+        if self._consumer is not None:
+            await self._consumer.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while not self._stopping.is_set():
+            try:
+                data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
+            except Exception as exc:  # broker hiccups must not end the loop
+                log.warning("poll failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if not data:
+                self.ready.set()
+                self._update_lag()
+                continue
+            async with self._work_lock:
+                await self._handle(data)
+            self._update_lag()
+            self.ready.set()
+
+    def _update_lag(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        lag = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = consumer._fetcher._subscriptions.subscription.assignment.state_value(tp).position  # noqa: SLF001
+            except Exception:
+                pos = None
+            if pos is not None:
+                lag += max(0, high - pos)
+        self.stats.consumer_lag = lag
+
+    # --- watermarks and caches ---
+    async def _load_watermarks(self, assigned: set[TopicPartition]) -> None:
+        if not assigned:
+            return
+        parts = sorted({tp.partition for tp in assigned})
+        topic = next(iter(assigned)).topic
+
+        def load() -> dict[str, dict[tuple[str, int], int]]:
+            out: dict[str, dict[tuple[str, int], int]] = {}
+            for table in WATERMARKED_TABLES:
+                rows = self.store.query_rows(
+                    f"SELECT kafka_partition, max(kafka_offset) FROM {table} "
+                    "WHERE kafka_topic = {t:String} AND kafka_partition IN {p:Array(UInt16)} GROUP BY kafka_partition",
+                    {"t": topic, "p": parts},
+                )
+                out[table] = {(topic, int(p)): int(o) for p, o in rows}
+            return out
+
+        loaded = await self._with_retry(load, "load watermarks")
+        for table, marks in loaded.items():
+            for key in [k for k in self.watermarks[table] if k[0] == topic and k[1] in parts]:
+                del self.watermarks[table][key]
+            self.watermarks[table].update(marks)
+
+    async def _load_runs(self, keys: set[tuple[str, str]]) -> None:
+        missing = [k for k in keys if k[1] not in self.runs]
+        if not missing:
+            return
+        ids = [run for _, run in missing]
+
+        def load() -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
+            rows = self.store.query_dicts(
+                "SELECT * FROM runs FINAL WHERE run_id IN {ids:Array(String)}", {"ids": ids}
+            )
+            seen = self.store.query_rows(
+                "SELECT run_id, event_id FROM ingested_events WHERE run_id IN {ids:Array(String)}", {"ids": ids}
+            )
+            return rows, seen
+
+        rows, seen = await self._with_retry(load, "load runs")
+        by_id = {r["run_id"]: r for r in rows}
+        for project, run in missing:
+            row = by_id.get(run)
+            if row is None:
+                state = RunState(project=project, run_id=run)
+            else:
+                state = RunState(
+                    project=row["project"],
+                    run_id=run,
+                    experiment=row["experiment"],
+                    name=row["name"],
+                    parent_id=row["parent_id"],
+                    status=row["status"],
+                    error=row["error"],
+                    created_at=row["created_at"].timestamp(),
+                    ended_at=row["ended_at"].timestamp() if row["ended_at"] else None,
+                    last_seen=row["last_seen"].timestamp(),
+                    tags=dict(row["tags"]),
+                    params=dict(row["params"]),
+                    descriptions=dict(row["descriptions"]),
+                )
+                state.persisted_last_seen = state.last_seen
+            self.runs[run] = state
+            self.seen_ids.setdefault(run, set())
+        for run, event_id in seen:
+            self.seen_ids.setdefault(run, set()).add(event_id)
+        while len(self.runs) > MAX_RUN_CACHE:
+            old, _ = self.runs.popitem(last=False)
+            self.seen_ids.pop(old, None)
+
+    async def _with_retry(self, fn: Any, what: str) -> Any:
+        delay = 0.1
+        while True:
+            try:
+                if self._fail_injector is not None:
+                    self._fail_injector(what)
+                result = await self.store.call(fn)
+                if not self.stats.clickhouse_ok:
+                    log.warning("ClickHouse answers again; resuming")
+                self.stats.clickhouse_ok = True
+                return result
+            except Exception as exc:
+                self.stats.batches_retried += 1
+                if self.stats.clickhouse_ok:
+                    log.error("ClickHouse %s failed, retrying with back-off (offsets not committed): %s", what, exc)
+                self.stats.clickhouse_ok = False
+                self.stats.last_error = f"{what}: {exc}"[:500]
+                if self._stopping.is_set():
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    # --- one batch ---
+    async def _handle(self, data: dict[TopicPartition, list[Any]]) -> None:
+        records: list[batching.Record] = []
+        dead: list[tuple[Any, str]] = []
+        commit: dict[TopicPartition, int] = {}
+        ingested = self.watermarks["ingested_events"]
+        for tp, messages in data.items():
+            if not messages:
+                continue
+            commit[tp] = messages[-1].offset + 1
+            done = ingested.get((tp.topic, tp.partition), -1)
+            for msg in messages:
+                self.stats.events_in += 1
+                if msg.offset <= done:
+                    self.stats.events_skipped += 1
+                    continue
+                try:
+                    event = validate(decode(msg.value))
+                except WireError as exc:
+                    dead.append((msg, str(exc)))
+                    continue
+                except Exception as exc:  # a decoder bug must not stop the pipeline either
+                    dead.append((msg, f"internal decode error: {exc!r}"))
+                    continue
+                records.append(batching.Record(tp.topic, tp.partition, msg.offset, event))
+
+        await self._load_runs({(r.event["project"], r.event["run"]) for r in records})
+        # A re-sent event (same id at a new offset, e.g. a client spool replay) is dropped here.
+        fresh: list[batching.Record] = []
+        batch_ids: set[str] = set()
+        for rec in records:
+            eid = rec.event["id"]
+            if eid in batch_ids or eid in self.seen_ids.get(rec.event["run"], ()):
+                self.stats.events_skipped += 1
+                continue
+            batch_ids.add(eid)
+            fresh.append(rec)
+
+        built = batching.build(fresh, self.watermarks)
+        status_changes: dict[str, str] = {}
+        for rec in fresh:
+            ev = rec.event
+            state = self.runs[ev["run"]]
+            changed = apply(state, ev)
+            if changed:
+                status_changes[ev["run"]] = changed
+        now_version = time.time_ns()
+        dirty = [s for s in self.runs.values() if s.dirty]
+        run_rows = [s.row(now_version) for s in dirty]
+
+        done_tables: set[str] = set()  # a retry after a partial failure resumes where it stopped
+
+        def write() -> None:
+            for table in WATERMARKED_TABLES:
+                if table in done_tables:
+                    continue
+                if table == "ingested_events":
+                    # Runs go before ingested_events: an event found there has had every effect.
+                    self.store.insert_rows("runs", run_rows, RUN_COLUMNS)
+                data_table = built.tables.get(table)
+                if data_table is not None:
+                    self.store.insert_arrow(table, data_table)
+                done_tables.add(table)
+                if data_table is not None:
+                    for key, offset in built.high[table].items():
+                        marks = self.watermarks[table]
+                        marks[key] = max(marks.get(key, -1), offset)
+
+        await self._with_retry(write, "insert batch")
+        for state in dirty:
+            state.dirty = False
+            state.persisted_last_seen = state.last_seen
+        for rec in fresh:
+            self.seen_ids.setdefault(rec.event["run"], set()).add(rec.event["id"])
+        self.stats.batches += 1
+        self.stats.points_written += built.points
+        self.stats.events_written += built.events
+        self.stats.events_skipped += built.skipped
+
+        if dead:
+            await self._dead_letter(dead)
+        if self.publish_live and fresh:
+            await self._publish_live([r.event for r in fresh], status_changes)
+        assert self._consumer is not None
+        try:
+            await self._consumer.commit(commit)
+        except Exception as exc:  # after a rebalance the new owner re-reads; watermarks skip what we wrote
+            log.warning("offset commit failed (a replay will be skipped by watermarks): %s", exc)
+
+    async def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
+        assert self._producer is not None
+        for msg, reason in dead:
+            self.stats.dead_letters += 1
+            log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
+            payload = orjson.dumps(
+                {
+                    "reason": reason,
+                    "topic": msg.topic,
+                    "partition": msg.partition,
+                    "offset": msg.offset,
+                    "key": msg.key.decode("utf-8", "replace") if msg.key else None,
+                    "value_b64": base64.b64encode(msg.value or b"").decode(),
+                    "at": time.time(),
+                }
+            )
+            await self._producer.send_and_wait(self.settings.deadletter_topic, payload, key=msg.key)
+
+    async def _publish_live(self, events: list[dict[str, Any]], statuses: dict[str, str]) -> None:
+        assert self._producer is not None
+        experiments = {run: state.experiment for run, state in self.runs.items() if run in {e["run"] for e in events} or run in statuses}
+        for update in build_updates(events, experiments, statuses):
+            try:
+                await self._producer.send(self.settings.live_topic, orjson.dumps(update), key=update["run"].encode())
+                self.stats.live_messages += 1
+            except Exception as exc:  # live pushes are best effort; storage is the truth
+                log.warning("live update not published: %s", exc)
+                break

@@ -1,0 +1,145 @@
+"""The storage schema and its migrations, in one place (see docs/storage.md).
+
+`migrate` is idempotent: every statement is CREATE ... IF NOT EXISTS and the
+applied versions are recorded in `schema_migrations`, so every process runs it
+on start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+# Tables written from Kafka carry the message's topic, partition and offset:
+# the per-table maximum offset is the watermark that makes redelivery harmless.
+KAFKA_COLUMNS = """
+    kafka_topic LowCardinality(String),
+    kafka_partition UInt16,
+    kafka_offset UInt64 CODEC(Delta, ZSTD(1))
+"""
+
+# Tables with Kafka coordinates, in the order a batch writes them.
+WATERMARKED_TABLES = ("metric_points", "table_cells", "run_logs", "run_files", "ingested_events")
+
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (
+        1,
+        [
+            f"""CREATE TABLE IF NOT EXISTS metric_points (
+                project LowCardinality(String),
+                run_id String,
+                metric LowCardinality(String),
+                step Int64 CODEC(Delta, ZSTD(1)),
+                value Float64 CODEC(Gorilla, ZSTD(1)),
+                value_str String,
+                ts DateTime64(3) CODEC(Delta, ZSTD(1)),
+                {KAFKA_COLUMNS}
+            ) ENGINE = MergeTree ORDER BY (project, run_id, metric, step)""",
+            """CREATE TABLE IF NOT EXISTS metric_summaries (
+                project LowCardinality(String),
+                run_id String,
+                metric LowCardinality(String),
+                count SimpleAggregateFunction(sum, UInt64),
+                first AggregateFunction(argMin, Float64, Tuple(Int64, DateTime64(3))),
+                last AggregateFunction(argMax, Float64, Tuple(Int64, DateTime64(3))),
+                min AggregateFunction(minIf, Float64, UInt8),
+                max AggregateFunction(maxIf, Float64, UInt8),
+                mean AggregateFunction(avgIf, Float64, UInt8),
+                last_step SimpleAggregateFunction(max, Int64),
+                last_ts SimpleAggregateFunction(max, DateTime64(3))
+            ) ENGINE = AggregatingMergeTree ORDER BY (project, run_id, metric)""",
+            """CREATE MATERIALIZED VIEW IF NOT EXISTS metric_summaries_mv TO metric_summaries AS
+            SELECT project, run_id, metric,
+                   toUInt64(count()) AS count,
+                   argMinState(value, (step, ts)) AS first,
+                   argMaxState(value, (step, ts)) AS last,
+                   minIfState(value, isFinite(value)) AS min,
+                   maxIfState(value, isFinite(value)) AS max,
+                   avgIfState(value, isFinite(value)) AS mean,
+                   max(step) AS last_step,
+                   max(ts) AS last_ts
+            FROM metric_points GROUP BY project, run_id, metric""",
+            f"""CREATE TABLE IF NOT EXISTS table_cells (
+                project LowCardinality(String),
+                run_id String,
+                table_name LowCardinality(String),
+                column LowCardinality(String),
+                row UInt64,
+                value Float64,
+                value_str String,
+                ts DateTime64(3),
+                {KAFKA_COLUMNS}
+            ) ENGINE = MergeTree ORDER BY (project, run_id, table_name, column, row)""",
+            f"""CREATE TABLE IF NOT EXISTS run_logs (
+                project LowCardinality(String),
+                run_id String,
+                stream LowCardinality(String),
+                ts DateTime64(6),
+                idx UInt32,
+                line String,
+                {KAFKA_COLUMNS}
+            ) ENGINE = MergeTree ORDER BY (project, run_id, ts, kafka_offset, idx)""",
+            f"""CREATE TABLE IF NOT EXISTS run_files (
+                project LowCardinality(String),
+                run_id String,
+                path String,
+                file_kind LowCardinality(String),
+                name String,
+                size UInt64,
+                content_type String,
+                uri String,
+                sha256 String,
+                ts DateTime64(3),
+                {KAFKA_COLUMNS}
+            ) ENGINE = ReplacingMergeTree(ts) ORDER BY (project, run_id, path)""",
+            f"""CREATE TABLE IF NOT EXISTS ingested_events (
+                project LowCardinality(String),
+                run_id String,
+                event_id String,
+                kind LowCardinality(String),
+                points UInt32,
+                ts DateTime64(3),
+                {KAFKA_COLUMNS}
+            ) ENGINE = MergeTree ORDER BY (project, run_id, event_id)""",
+            """CREATE TABLE IF NOT EXISTS runs (
+                project LowCardinality(String),
+                run_id String,
+                experiment String,
+                name String,
+                parent_id String,
+                status LowCardinality(String),
+                error String,
+                created_at DateTime64(3),
+                ended_at Nullable(DateTime64(3)),
+                last_seen DateTime64(3),
+                tags Map(String, String),
+                params Map(String, String),
+                descriptions Map(String, String),
+                version UInt64
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY (project, run_id)""",
+        ],
+    ),
+]
+
+
+class Commander(Protocol):
+    def command(self, cmd: str) -> object: ...
+
+    def query(self, query: str) -> object: ...
+
+
+def migrate(client: Commander) -> list[int]:
+    """Apply every migration not yet recorded; return the versions applied now."""
+    client.command(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at DateTime DEFAULT now())"
+        " ENGINE = ReplacingMergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}  # type: ignore[attr-defined]
+    applied = []
+    for version, statements in MIGRATIONS:
+        if version in done:
+            continue
+        for statement in statements:
+            client.command(statement)
+        client.command(f"INSERT INTO schema_migrations (version) VALUES ({int(version)})")
+        applied.append(version)
+    return applied

@@ -1,0 +1,114 @@
+"""The `runstream` command line (SPEC: Command line)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from urllib.parse import urlparse
+
+from runstream.config import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    changes = {}
+    for flag, field in (("kafka", "kafka"), ("clickhouse", "clickhouse"), ("home", "home")):
+        value = getattr(args, flag, None)
+        if value:
+            changes[field] = value
+    settings = Settings()
+    if "home" in changes:
+        from pathlib import Path
+
+        changes["home"] = Path(changes["home"]).resolve()
+    return settings.with_(**changes) if changes else settings
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kafka", help="Kafka bootstrap servers (RUNSTREAM_KAFKA)")
+    p.add_argument("--clickhouse", help="ClickHouse DSN: chdb://PATH or http(s)://... (RUNSTREAM_CLICKHOUSE)")
+    p.add_argument("--home", help="local state folder (RUNSTREAM_HOME)")
+
+
+def _add_http(p: argparse.ArgumentParser, settings_api: str) -> None:
+    parsed = urlparse(settings_api)
+    p.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=parsed.port or 8000, help="port (default: from RUNSTREAM_API, 8000)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Settings()
+    parser = argparse.ArgumentParser(prog="runstream", description="Event-streaming metrics pipeline for ML training runs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="processor + api + dashboard in one process")
+    _add_common(up)
+    _add_http(up, defaults.api)
+    up.add_argument("--demo", action="store_true", help="also stream a few synthetic training runs through the real client")
+    up.add_argument("--demo-runs", type=int, default=6)
+    up.add_argument("--demo-steps", type=int, default=2000)
+
+    proc = sub.add_parser("processor", help="the processor alone (start several to scale out)")
+    _add_common(proc)
+    proc.add_argument("--group", help="consumer group id (default runstream-processor)")
+
+    api = sub.add_parser("api", help="the api and dashboard alone")
+    _add_common(api)
+    _add_http(api, defaults.api)
+
+    kafka = sub.add_parser("kafka", help="the local development broker")
+    kafka.add_argument("action", choices=["start", "stop", "status"])
+    _add_common(kafka)
+
+    demo = sub.add_parser("demo", help="a synthetic workload through the real client")
+    _add_common(demo)
+    demo.add_argument("--runs", type=int, default=6)
+    demo.add_argument("--steps", type=int, default=500)
+    demo.add_argument("--pace", type=float, default=0.0, help="seconds to sleep between steps")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    settings = _settings(args)
+    if args.command == "kafka":
+        from runstream.kafka_broker import BrokerError, LocalBroker
+
+        broker = LocalBroker(settings.home, settings.kafka)
+        try:
+            print(getattr(broker, args.action)())
+        except BrokerError as exc:
+            print(f"runstream kafka {args.action}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "demo":
+        from runstream.demo import run_demo
+
+        ids = run_demo(settings, runs=args.runs, steps=args.steps, pace=args.pace)
+        print("\n".join(ids))
+        return 0
+    from runstream.server import serve
+
+    if args.command == "processor" and args.group:
+        settings = settings.with_(group_id=args.group)
+    try:
+        asyncio.run(
+            serve(
+                settings,
+                processor=args.command in ("up", "processor"),
+                api=args.command in ("up", "api"),
+                host=getattr(args, "host", "127.0.0.1"),
+                port=getattr(args, "port", 8000),
+                demo={"runs": args.demo_runs, "steps": args.demo_steps} if getattr(args, "demo", False) else None,
+            )
+        )
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

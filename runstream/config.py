@@ -1,0 +1,58 @@
+"""Configuration from the environment (SPEC: Configuration); flags override."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return value if value else default
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path = field(default_factory=lambda: Path(_env("RUNSTREAM_HOME", "./.runstream")).resolve())
+    kafka: str = field(default_factory=lambda: _env("RUNSTREAM_KAFKA", "localhost:9092"))
+    clickhouse: str = field(default_factory=lambda: os.environ.get("RUNSTREAM_CLICKHOUSE", ""))
+    api: str = field(default_factory=lambda: _env("RUNSTREAM_API", "http://localhost:8000"))
+    api_key: str | None = field(default_factory=lambda: os.environ.get("RUNSTREAM_API_KEY") or None)
+    project: str = field(default_factory=lambda: _env("RUNSTREAM_PROJECT", "default"))
+    run_id: str | None = field(default_factory=lambda: os.environ.get("RUNSTREAM_RUN_ID") or None)
+    # Topic names carry a prefix so several pipelines (or test sessions) can share a broker.
+    topic_prefix: str = field(default_factory=lambda: _env("RUNSTREAM_TOPIC_PREFIX", "runstream"))
+    partitions: int = field(default_factory=lambda: int(_env("RUNSTREAM_PARTITIONS", "8")))
+    group_id: str = field(default_factory=lambda: _env("RUNSTREAM_GROUP", "runstream-processor"))
+
+    @property
+    def clickhouse_dsn(self) -> str:
+        return self.clickhouse or f"chdb://{self.home / 'clickhouse'}"
+
+    @property
+    def events_topic(self) -> str:
+        return f"{self.topic_prefix}.events"
+
+    @property
+    def live_topic(self) -> str:
+        return f"{self.topic_prefix}.live"
+
+    @property
+    def deadletter_topic(self) -> str:
+        return f"{self.topic_prefix}.deadletter"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.home / "artifacts"
+
+    @property
+    def spool_dir(self) -> Path:
+        return self.home / "spool"
+
+    def with_(self, **changes: object) -> Settings:
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
+def load() -> Settings:
+    return Settings()

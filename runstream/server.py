@@ -1,0 +1,51 @@
+"""Running processor and api in one process (`runstream up`) or apart."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from typing import Any
+
+import uvicorn
+
+from runstream.config import Settings
+
+log = logging.getLogger("runstream")
+
+
+async def serve(settings: Settings, *, processor: bool, api: bool, host: str, port: int, demo: dict[str, Any] | None = None) -> None:
+    from processor.consumer import Processor
+    from processor.store import get_store
+
+    store = get_store(settings.clickhouse_dsn)
+    proc = None
+    if processor:
+        proc = Processor(settings, store)
+        await proc.start()
+        log.info("processor consuming %s at %s into %s", settings.events_topic, settings.kafka, settings.clickhouse_dsn)
+    stop_demo = threading.Event()
+    try:
+        if api:
+            from api.app import create_app
+
+            app = create_app(settings, store, proc)
+            config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+            server = uvicorn.Server(config)
+            if demo is not None:
+                from runstream.demo import run_demo
+
+                threading.Thread(target=run_demo, kwargs={"settings": settings, "stop": stop_demo, **demo}, daemon=True).start()
+            print(f"runstream dashboard: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}/", flush=True)
+            await server.serve()
+        else:
+            done = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, done.set)
+            await done.wait()
+    finally:
+        stop_demo.set()
+        if proc is not None:
+            await proc.stop()

@@ -1,0 +1,301 @@
+"""The wire format: versioned JSON envelopes (orjson), one Kafka message each.
+
+Every event is a JSON object with the envelope fields
+
+    v        wire version (1)
+    id       unique event id: "<writer session id>:<sequence>"; redelivery of an
+             id that was already stored is ignored
+    kind     one of KINDS
+    run      run id (also the Kafka message key, so a run's events stay ordered)
+    project  tenant
+    ts       writer wall-clock time, seconds since the epoch
+
+and a kind-specific payload, documented in docs/events.md. Metric points are
+columnar: one `metrics` event carries many points as parallel arrays, so
+throughput comes from batching rather than from more messages.
+
+`validate` is the one gate used by the ingest gateway and the processor: it
+raises WireError with a message a user can act on, and returns the event with
+its arrays converted to numpy (keys prefixed with "_") for the writer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+
+WIRE_VERSION = 1
+MAX_NAME = 255
+MAX_STRING_VALUE = 4096
+MAX_POINTS_PER_EVENT = 100_000
+MAX_LOG_LINE = 16_384
+MAX_EVENT_BYTES = 8 * 1024 * 1024
+RUN_STATUSES = ("NotStarted", "Queued", "Running", "Completed", "Failed", "Canceled")
+TERMINAL_STATUSES = ("Completed", "Failed", "Canceled")
+NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+KINDS = (
+    "run_start",  # experiment, name, parent, tags, params, status
+    "run_status",  # status, error
+    "heartbeat",  # (envelope only)
+    "run_end",  # status (terminal), error
+    "metrics",  # names, m, s, x, t, sv, nf, desc
+    "table",  # name, row0, columns, desc
+    "tags",  # tags {key: value|null}
+    "params",  # params {key: scalar}
+    "log",  # stream, lines, t
+    "file",  # path, file_kind, size, content_type, uri, sha256
+)
+
+
+class WireError(ValueError):
+    """An event that does not match the wire schema; the message says why."""
+
+
+def encode(event: dict[str, Any]) -> bytes:
+    return orjson.dumps(event)
+
+
+def decode(raw: bytes) -> dict[str, Any]:
+    if len(raw) > MAX_EVENT_BYTES:
+        raise WireError(f"event of {len(raw)} bytes exceeds the {MAX_EVENT_BYTES}-byte limit")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise WireError(f"not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise WireError("an event must be a JSON object")
+    return obj
+
+
+def check_name(name: object, what: str = "name") -> str:
+    if not isinstance(name, str):
+        raise WireError(f"{what} must be a string, got {type(name).__name__}")
+    if not name or not name.strip():
+        raise WireError(f"{what} must not be empty")
+    if len(name) > MAX_NAME:
+        raise WireError(f"{what} is {len(name)} characters long; the limit is {MAX_NAME}")
+    if "\x00" in name:
+        raise WireError(f"{what} must not contain NUL characters")
+    return name
+
+
+def _str(event: dict[str, Any], key: str, *, required: bool = True, limit: int = MAX_NAME) -> str:
+    value = event.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str):
+        raise WireError(f"'{key}' must be a string")
+    if len(value) > limit:
+        raise WireError(f"'{key}' is {len(value)} characters long; the limit is {limit}")
+    return value
+
+
+def _str_map(obj: object, what: str, *, allow_null: bool) -> dict[str, str | None]:
+    if not isinstance(obj, dict):
+        raise WireError(f"'{what}' must be an object")
+    out: dict[str, str | None] = {}
+    for key, value in obj.items():
+        check_name(key, f"{what} key")
+        if value is None and allow_null:
+            out[key] = None
+        elif isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, (str, int, float)):
+            text = value if isinstance(value, str) else repr(value)
+            if len(text) > MAX_STRING_VALUE:
+                raise WireError(f"{what} '{key}' is longer than {MAX_STRING_VALUE} characters")
+            out[key] = text
+        else:
+            raise WireError(f"{what} '{key}' must be a string or number, got {type(value).__name__}")
+    return out
+
+
+def _numeric_array(values: object, what: str, n: int | None, *, integer: bool = False) -> np.ndarray:
+    if not isinstance(values, list):
+        raise WireError(f"'{what}' must be an array")
+    if n is not None and len(values) != n:
+        raise WireError(f"'{what}' has {len(values)} items; expected {n}")
+    if not values:
+        return np.zeros(0, dtype=np.int64 if integer else np.float64)
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError, OverflowError):
+        raise WireError(f"'{what}' must be an array of numbers") from None
+    if integer:
+        if arr.dtype.kind not in "iu":
+            raise WireError(f"'{what}' must be an array of integers")
+        return arr.astype(np.int64, copy=False)
+    if arr.dtype.kind in "iuf":
+        return arr.astype(np.float64, copy=False)
+    if arr.dtype.kind == "O":
+        # null stands for "no numeric value here" (a string or non-finite value, see sv/nf)
+        for x in values:
+            if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
+                raise WireError(f"'{what}' must contain numbers or null, found {type(x).__name__}")
+        return np.array([math.nan if x is None else float(x) for x in values], dtype=np.float64)
+    raise WireError(f"'{what}' must be an array of numbers")
+
+
+def _sparse(obj: object, what: str, n: int) -> list[tuple[int, str]]:
+    if obj is None:
+        return []
+    if not isinstance(obj, list):
+        raise WireError(f"'{what}' must be an array of [index, string] pairs")
+    out = []
+    for item in obj:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], int)
+            or isinstance(item[0], bool)
+            or not isinstance(item[1], str)
+        ):
+            raise WireError(f"'{what}' must be an array of [index, string] pairs")
+        if not 0 <= item[0] < n:
+            raise WireError(f"'{what}' index {item[0]} is out of range")
+        if len(item[1]) > MAX_STRING_VALUE:
+            raise WireError(f"a string value is longer than {MAX_STRING_VALUE} characters")
+        out.append((item[0], item[1]))
+    return out
+
+
+def _validate_metrics(event: dict[str, Any]) -> None:
+    names = event.get("names")
+    if not isinstance(names, list) or not names:
+        raise WireError("'names' must be a non-empty array of metric names")
+    for name in names:
+        check_name(name, "metric name")
+    m = _numeric_array(event.get("m"), "m", None, integer=True)
+    n = len(m)
+    if n == 0:
+        raise WireError("a metrics event must carry at least one point")
+    if n > MAX_POINTS_PER_EVENT:
+        raise WireError(f"{n} points in one event; the limit is {MAX_POINTS_PER_EVENT}")
+    if m.min() < 0 or m.max() >= len(names):
+        raise WireError("'m' holds an index outside 'names'")
+    s = _numeric_array(event.get("s"), "s", n, integer=True)
+    v = _numeric_array(event.get("x"), "x", n)
+    t = _numeric_array(event.get("t"), "t", n) if "t" in event else np.full(n, float(event["ts"]))
+    sv = _sparse(event.get("sv"), "sv", n)
+    nf = _sparse(event.get("nf"), "nf", n)
+    for i, token in nf:
+        if token not in NONFINITE:
+            raise WireError(f"'nf' token must be one of {sorted(NONFINITE)}, got {token!r}")
+        v[i] = NONFINITE[token]
+    if np.isnan(v).sum() > len(sv) + len(nf):
+        raise WireError("'x' holds null where neither 'sv' nor 'nf' gives the value")
+    if "desc" in event:
+        event["desc"] = _str_map(event["desc"], "desc", allow_null=False)
+    event["_m"], event["_s"], event["_v"], event["_t"] = m, s, v, t
+    event["_sv"] = sv
+
+
+def _validate_table(event: dict[str, Any]) -> None:
+    check_name(event.get("name"), "table name")
+    row0 = event.get("row0", 0)
+    if not isinstance(row0, int) or isinstance(row0, bool) or row0 < 0:
+        raise WireError("'row0' must be a non-negative integer")
+    columns = event.get("columns")
+    if not isinstance(columns, dict) or not columns:
+        raise WireError("'columns' must be a non-empty object of column -> array")
+    length = None
+    for col, values in columns.items():
+        check_name(col, "column name")
+        if not isinstance(values, list):
+            raise WireError(f"column '{col}' must be an array")
+        if length is None:
+            length = len(values)
+        elif len(values) != length:
+            raise WireError(f"column '{col}' has {len(values)} values; other columns have {length}")
+        for x in values:
+            if x is None or isinstance(x, (int, float, str)) and not isinstance(x, bool):
+                if isinstance(x, str) and len(x) > MAX_STRING_VALUE:
+                    raise WireError(f"a value in column '{col}' is too long")
+                continue
+            raise WireError(f"column '{col}' holds a {type(x).__name__}; values must be numbers or strings")
+    if not length:
+        raise WireError("a table event must carry at least one row")
+    if length * len(columns) > MAX_POINTS_PER_EVENT:
+        raise WireError(f"{length * len(columns)} cells in one event; the limit is {MAX_POINTS_PER_EVENT}")
+
+
+def _validate_log(event: dict[str, Any]) -> None:
+    stream = _str(event, "stream")
+    if stream not in ("stdout", "stderr") and not stream:
+        raise WireError("'stream' must be a non-empty string")
+    lines = event.get("lines")
+    if not isinstance(lines, list) or not lines:
+        raise WireError("'lines' must be a non-empty array of strings")
+    if len(lines) > MAX_POINTS_PER_EVENT:
+        raise WireError(f"{len(lines)} lines in one event; the limit is {MAX_POINTS_PER_EVENT}")
+    for line in lines:
+        if not isinstance(line, str):
+            raise WireError("'lines' must contain strings")
+    event["lines"] = [line[:MAX_LOG_LINE] for line in lines]
+    t = event.get("t")
+    event["_t"] = _numeric_array(t, "t", len(lines)) if t is not None else np.full(len(lines), float(event["ts"]))
+
+
+def _validate_file(event: dict[str, Any]) -> None:
+    path = _str(event, "path", limit=1024)
+    if not path or path.startswith("/") or ".." in path.split("/"):
+        raise WireError("'path' must be a relative path without '..'")
+    kind = event.get("file_kind", "file")
+    if kind not in ("file", "image"):
+        raise WireError("'file_kind' must be 'file' or 'image'")
+    event["file_kind"] = kind
+    size = event.get("size", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise WireError("'size' must be a non-negative integer")
+    for key in ("content_type", "uri", "sha256", "name"):
+        _str(event, key, required=False, limit=2048)
+
+
+def validate(event: dict[str, Any]) -> dict[str, Any]:
+    """Check one decoded event; return it with numpy arrays attached for the writer."""
+    if event.get("v") != WIRE_VERSION:
+        raise WireError(f"unsupported wire version {event.get('v')!r}; this server speaks {WIRE_VERSION}")
+    kind = event.get("kind")
+    if kind not in KINDS:
+        raise WireError(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}")
+    _str(event, "id", limit=128)
+    if not event["id"]:
+        raise WireError("'id' must not be empty")
+    check_name(event.get("run"), "run id")
+    check_name(event.get("project"), "project")
+    ts = event.get("ts")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+        raise WireError("'ts' must be a finite number of seconds since the epoch")
+    if kind == "metrics":
+        _validate_metrics(event)
+    elif kind == "table":
+        _validate_table(event)
+    elif kind == "log":
+        _validate_log(event)
+    elif kind == "file":
+        _validate_file(event)
+    elif kind == "tags":
+        event["tags"] = _str_map(event.get("tags"), "tags", allow_null=True)
+    elif kind == "params":
+        event["params"] = _str_map(event.get("params"), "params", allow_null=False)
+    elif kind == "run_start":
+        check_name(event.get("experiment"), "experiment")
+        _str(event, "name", required=False)
+        _str(event, "parent", required=False)
+        event["tags"] = _str_map(event.get("tags") or {}, "tags", allow_null=True)
+        event["params"] = _str_map(event.get("params") or {}, "params", allow_null=False)
+        status = event.get("status", "Running")
+        if status not in RUN_STATUSES:
+            raise WireError(f"'status' must be one of {', '.join(RUN_STATUSES)}")
+        event["status"] = status
+    elif kind in ("run_status", "run_end"):
+        status = event.get("status")
+        allowed = TERMINAL_STATUSES if kind == "run_end" else RUN_STATUSES
+        if status not in allowed:
+            raise WireError(f"'status' must be one of {', '.join(allowed)}")
+        _str(event, "error", required=False, limit=MAX_STRING_VALUE)
+    return event
