@@ -16,9 +16,10 @@ RUN_FIELDS = "project, run_id, experiment, name, parent_id, status, error, creat
 ORDERABLE = {"created_at", "last_seen", "ended_at", "name", "status", "experiment", "run_id"}
 SUMMARY_STATS = ("last", "min", "max", "mean", "count", "first")
 SUMMARY_SELECT = (
-    "sum(count) AS count, argMinMerge(first) AS first, argMaxMerge(last) AS last, "
-    "if(isNaN(avgIfMerge(mean)), NULL, minIfMerge(min)) AS min, if(isNaN(avgIfMerge(mean)), NULL, maxIfMerge(max)) AS max, "
-    "avgIfMerge(mean) AS mean, max(last_step) AS last_step"
+    "sum(count_state) AS count, argMinMerge(first_state) AS first, argMaxMerge(last_state) AS last, "
+    "if(isNaN(avgIfMerge(mean_state)), NULL, minIfMerge(min_state)) AS min, "
+    "if(isNaN(avgIfMerge(mean_state)), NULL, maxIfMerge(max_state)) AS max, "
+    "avgIfMerge(mean_state) AS mean, max(last_step) AS last_step"
 )
 
 

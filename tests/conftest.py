@@ -1,0 +1,138 @@
+"""Session fixtures: one real Kafka broker, one embedded ClickHouse engine, and
+a pipeline (processor + api) running on a background event loop.
+
+Tests isolate themselves with fresh topic prefixes and run ids rather than
+fresh services, so the suite starts each service once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+import uvicorn
+
+from processor.consumer import Processor
+from processor.store import Store, get_store
+from runstream.config import Settings
+from runstream.kafka_broker import LocalBroker, broker_answers
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll until predicate() is truthy; fail with `what` after timeout."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def test_output() -> Path:
+    out = Path(os.environ.get("RUNSTREAM_TEST_OUTPUT", Path(__file__).resolve().parent.parent / "test-output"))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runstream-home")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(home: Path) -> Iterator[str]:
+    external = os.environ.get("RUNSTREAM_TEST_KAFKA")
+    if external and broker_answers(external):
+        yield external
+        return
+    bootstrap = f"127.0.0.1:{free_port()}"
+    broker = LocalBroker(home, bootstrap)
+    broker.start()
+    try:
+        yield bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture(scope="session")
+def store(home: Path) -> Store:
+    return get_store(f"chdb://{home / 'clickhouse'}")
+
+
+class Stack:
+    """Processor + api on one event loop in a background thread."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="stack-loop", daemon=True)
+        self.thread.start()
+        self.processor: Processor | None = None
+        self.server: uvicorn.Server | None = None
+        self.port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.port}"
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 120.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def start(self) -> None:
+        from api.app import create_app
+
+        self.processor = Processor(self.settings, self.store)
+        self.run(self.processor.start())
+        app = create_app(self.settings, self.store, self.processor)
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on"))
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.server.serve()))  # type: ignore[union-attr]
+        wait_until(lambda: self.server is not None and self.server.started, 30, what="api server start")
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.should_exit = True
+            wait_until(lambda: not self.server.started or self.server.should_exit, 10)  # type: ignore[union-attr]
+        if self.processor is not None:
+            self.run(self.processor.stop())
+        time.sleep(0.2)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+def new_settings(home: Path, kafka: str, api: str = "http://127.0.0.1:1", **changes: Any) -> Settings:
+    prefix = changes.pop("topic_prefix", f"t{uuid.uuid4().hex[:10]}")
+    return Settings().with_(home=home, kafka=kafka, api=api, topic_prefix=prefix, partitions=4, project="default", api_key=None, run_id=None, **changes)
+
+
+@pytest.fixture(scope="session")
+def stack(home: Path, kafka_bootstrap: str, store: Store) -> Iterator[Stack]:
+    port_holder = Stack(new_settings(home, kafka_bootstrap), store)
+    settings = port_holder.settings.with_(api=port_holder.api_url, clickhouse=store.dsn)
+    port_holder.settings = settings
+    port_holder.start()
+    try:
+        yield port_holder
+    finally:
+        port_holder.stop()
+
+
+@pytest.fixture()
+def settings(stack: Stack) -> Settings:
+    """Client settings pointing at the session stack."""
+    return stack.settings

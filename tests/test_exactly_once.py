@@ -1,0 +1,124 @@
+"""Redelivery and restarts: every table ends with exactly one copy of each point."""
+
+from __future__ import annotations
+
+import uuid
+
+from ingest import Experiment
+from processor.consumer import Processor
+from processor.schema import WATERMARKED_TABLES
+from processor.store import Store
+from runstream.config import Settings
+from tests.conftest import Stack, new_settings, wait_until
+
+
+def _snapshot(store: Store, topic: str) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for table in WATERMARKED_TABLES:
+        out[table] = tuple(store.query_rows(f"SELECT count(), sum(cityHash64(*)) FROM {table} WHERE kafka_topic = {{t:String}}", {"t": topic})[0])
+    out["metric_summaries"] = tuple(
+        store.query_rows(
+            "SELECT count(), sum(c) FROM (SELECT run_id, metric, sum(count_state) AS c FROM metric_summaries "
+            "WHERE run_id IN (SELECT run_id FROM ingested_events WHERE kafka_topic = {t:String}) GROUP BY run_id, metric)",
+            {"t": topic},
+        )[0]
+    )
+    return out
+
+
+def _log_runs(settings: Settings, runs: int, steps: int, prefix: str) -> list[str]:
+    exp = Experiment(f"exactly-once-{prefix}", settings=settings)
+    ids = []
+    for r in range(runs):
+        run = exp.start_logging(name=f"{prefix}-{r}")
+        for s in range(steps):
+            run.log_metrics({"loss": 1.0 / (s + 1), "acc": s / steps}, step=s)
+        run.log_table("tbl", {"x": [1, 2, 3], "y": [4.0, 5.0, 6.0]})
+        run.log_text("stdout", f"run {r} done")
+        run.complete()
+        ids.append(run.id)
+    return ids
+
+
+def _points(store: Store, ids: list[str]) -> int:
+    return int(store.query_rows("SELECT count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids})[0][0])
+
+
+def test_consuming_the_same_range_twice_changes_nothing(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    settings = new_settings(home, kafka_bootstrap)
+    first = Processor(settings, store, group_id="g-first", publish_live=False)
+    stack.run(first.start())
+    try:
+        ids = _log_runs(settings, runs=5, steps=2000, prefix="redeliver")
+        wait_until(lambda: _points(store, ids) == 5 * 2000 * 2, 60, what="first pass")
+        wait_until(lambda: first.stats.consumer_lag == 0 and first.stats.events_in >= 5 * 4, 30, what="first processor idle")
+    finally:
+        stack.run(first.stop())
+    before = _snapshot(store, settings.events_topic)
+    assert before["metric_points"][0] == 20_000
+
+    # A new consumer group starts at offset 0: the whole topic range is delivered again.
+    second = Processor(settings, store, group_id="g-second", publish_live=False)
+    stack.run(second.start())
+    try:
+        wait_until(lambda: second.stats.events_in >= first.stats.events_in and second.stats.consumer_lag == 0, 60, what="replay consumed")
+    finally:
+        stack.run(second.stop())
+    assert second.stats.events_written == 0
+    assert second.stats.events_skipped == second.stats.events_in
+    assert _snapshot(store, settings.events_topic) == before
+
+
+def test_partial_write_then_replay_writes_only_what_is_missing(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    """A crash after some tables were written: the replay fills in the rest without duplicates."""
+    settings = new_settings(home, kafka_bootstrap)
+    failures = {"left": 1}
+
+    def fail_once(what: str) -> None:
+        if what == "insert batch" and failures["left"]:
+            failures["left"] -= 1
+            raise ConnectionError("injected ClickHouse failure")
+
+    proc = Processor(settings, store, group_id="g-partial", publish_live=False, fail_injector=fail_once)
+    stack.run(proc.start())
+    try:
+        ids = _log_runs(settings, runs=3, steps=500, prefix="partial")
+        wait_until(lambda: _points(store, ids) == 3 * 500 * 2, 60, what="points after injected failure")
+        assert proc.stats.batches_retried >= 1
+        assert proc.stats.clickhouse_ok
+    finally:
+        stack.run(proc.stop())
+    rows = store.query_rows(
+        "SELECT uniqExact(run_id, metric, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids}
+    )
+    assert rows == [(3000, 3000)]
+
+
+def test_processor_stopped_and_restarted_mid_stream_loses_nothing(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    settings = new_settings(home, kafka_bootstrap)
+    group = f"g-restart-{uuid.uuid4().hex[:6]}"
+    exp = Experiment("restart", settings=settings)
+    runs = [exp.start_logging(name=f"restart-{i}") for i in range(4)]
+    proc = Processor(settings, store, group_id=group, publish_live=False)
+    stack.run(proc.start())
+    for step in range(3000):
+        for run in runs:
+            run.log("loss", float(step), step=step)
+        if step == 1000:
+            for run in runs:
+                run.flush()
+            wait_until(lambda: proc.stats.points_written > 0, 30, what="first writes")
+            stack.run(proc.stop())  # mid-stream: later points pile up in Kafka
+        if step == 2000:
+            proc = Processor(settings, store, group_id=group, publish_live=False)
+            stack.run(proc.start())
+    for run in runs:
+        run.complete()
+    ids = [r.id for r in runs]
+    try:
+        wait_until(lambda: _points(store, ids) == 4 * 3000, 60, what="all points after restart")
+    finally:
+        stack.run(proc.stop())
+    assert store.query_rows(
+        "SELECT uniqExact(run_id, step), count(), sum(value) FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids}
+    ) == [(12000, 12000, 4 * sum(range(3000)))]
