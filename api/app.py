@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import gateway, routes_runs
+from api import analytics, gateway, routes_runs
 from api.artifacts import LocalArtifactStore
 from processor.store import Store
 from runstream.config import Settings
@@ -81,6 +81,7 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
 
     app.include_router(gateway.router)
     app.include_router(routes_runs.router)
+    app.include_router(analytics.router)
     if DASHBOARD_DIR.is_dir():
         app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
     return app
