@@ -12,7 +12,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from api import analytics, gateway, routes_runs
+from api import analytics, gateway, live, routes_runs
 from api.artifacts import LocalArtifactStore
 from processor.store import Store
 from runstream.config import Settings
@@ -46,6 +46,7 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     app.state.processor = processor
     app.state.gateway = gw
     app.state.artifacts = LocalArtifactStore(settings.artifacts_dir)
+    app.state.hub = live.LiveHub(settings, store)
     app.state.max_upload_bytes = 512 * 1024 * 1024
     app.state.started_at = time.time()
 
@@ -82,6 +83,7 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     app.include_router(gateway.router)
     app.include_router(routes_runs.router)
     app.include_router(analytics.router)
+    app.include_router(live.router)
     if DASHBOARD_DIR.is_dir():
         app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
     return app

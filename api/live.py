@@ -1,0 +1,307 @@
+"""Live pushes: the live topic fanned out to WebSocket subscribers.
+
+Every api instance reads the live topic on its own (no consumer group, from
+the latest offset) and routes each update to the subscribers of its run or
+experiment. A subscriber's queue holds at most one pending update per run:
+when the browser reads slowly, new updates merge into the pending one (points
+appended up to a cap, newest status, newest log lines), so memory stays
+bounded, the subscriber gets the latest state, and nobody else waits for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+
+from api import queries
+from processor.store import Store
+from runstream.config import Settings
+
+log = logging.getLogger("runstream.live")
+
+MAX_PENDING_RUNS = 512  # per subscriber; beyond it the oldest pending run update is dropped
+MAX_POINTS_PER_METRIC = 2000
+MAX_LOG_LINES = 500
+SNAPSHOT_RUNS = 1000
+
+Target = tuple[str, str]  # ("run", id) or ("experiment", name)
+
+
+def merge_update(into: dict[str, Any], new: dict[str, Any]) -> bool:
+    """Merge `new` into the pending `into` for the same run; True if something was cut."""
+    cut = False
+    for name, slot in new.get("metrics", {}).items():
+        metrics = into.setdefault("metrics", {})
+        old = metrics.get(name)
+        if old is None:
+            metrics[name] = {"s": list(slot["s"]), "v": list(slot["v"]), "n": slot.get("n", len(slot["s"]))}
+            if slot.get("truncated"):
+                metrics[name]["truncated"] = True
+            continue
+        old["s"].extend(slot["s"])
+        old["v"].extend(slot["v"])
+        old["n"] = old.get("n", 0) + slot.get("n", len(slot["s"]))
+        if slot.get("truncated"):
+            old["truncated"] = True
+        if len(old["s"]) > MAX_POINTS_PER_METRIC:
+            del old["s"][:-MAX_POINTS_PER_METRIC]
+            del old["v"][:-MAX_POINTS_PER_METRIC]
+            old["truncated"] = True
+            cut = True
+    if new.get("logs"):
+        logs = into.setdefault("logs", [])
+        logs.extend(new["logs"])
+        if len(logs) > MAX_LOG_LINES:
+            del logs[:-MAX_LOG_LINES]
+            into["logs_truncated"] = True
+            cut = True
+    for key in ("tables", "files"):
+        if new.get(key):
+            into.setdefault(key, []).extend(x for x in new[key] if x not in into.get(key, []))
+    for key in ("status", "server_time", "experiment", "project"):
+        if key in new:
+            into[key] = new[key]
+    if new.get("meta"):
+        into["meta"] = True
+    into["coalesced"] = True
+    return cut
+
+
+class Subscriber:
+    def __init__(self, ws: WebSocket, project: str | None, hub: LiveHub) -> None:
+        self.ws = ws
+        self.project = project
+        self.hub = hub
+        self.targets: set[Target] = set()
+        self.pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.control: list[dict[str, Any]] = []
+        self.wake = asyncio.Event()
+        self.sent = 0
+
+    def offer(self, update: dict[str, Any]) -> None:
+        run = update["run"]
+        pending = self.pending.get(run)
+        if pending is None:
+            if len(self.pending) >= MAX_PENDING_RUNS:
+                self.pending.popitem(last=False)
+                self.hub.stats["dropped_by_coalescing"] += 1
+            self.pending[run] = {**update, "metrics": {k: {**v, "s": list(v["s"]), "v": list(v["v"])} for k, v in update.get("metrics", {}).items()}}
+        else:
+            self.hub.stats["coalesced"] += 1
+            if merge_update(pending, update):
+                self.hub.stats["dropped_by_coalescing"] += 1
+        self.wake.set()
+
+    def send_control(self, message: dict[str, Any]) -> None:
+        self.control.append(message)
+        self.wake.set()
+
+    async def pump(self) -> None:
+        while True:
+            await self.wake.wait()
+            self.wake.clear()
+            while self.control or self.pending:
+                if self.control:
+                    message = self.control.pop(0)
+                else:
+                    _, message = self.pending.popitem(last=False)
+                await self.ws.send_text(orjson.dumps(message).decode())
+                self.sent += 1
+                self.hub.stats["messages_sent"] += 1
+
+
+class LiveHub:
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.store = store
+        self.by_run: dict[str, set[Subscriber]] = {}
+        self.by_experiment: dict[str, set[Subscriber]] = {}
+        self.subscribers: set[Subscriber] = set()
+        self.stats = {"updates_in": 0, "messages_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.ready = asyncio.Event()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="runstream-live-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+        if self._consumer is not None:
+            try:
+                await self._consumer.stop()
+            except Exception:
+                pass
+
+    async def _run(self) -> None:
+        delay = 0.5
+        while True:
+            try:
+                self._consumer = AIOKafkaConsumer(
+                    self.settings.live_topic,
+                    bootstrap_servers=self.settings.kafka,
+                    group_id=None,
+                    auto_offset_reset="latest",
+                    fetch_max_wait_ms=10,
+                    enable_auto_commit=False,
+                )
+                await self._consumer.start()
+                # Resolve "latest" now so updates published after start-up are never skipped.
+                await self._consumer.getmany(timeout_ms=0)
+                for tp in self._consumer.assignment():
+                    await self._consumer.position(tp)
+                self.ready.set()
+                delay = 0.5
+                while True:
+                    batches = await self._consumer.getmany(timeout_ms=200, max_records=5000)
+                    for messages in batches.values():
+                        for msg in messages:
+                            try:
+                                update = orjson.loads(msg.value)
+                            except orjson.JSONDecodeError:
+                                continue
+                            self.dispatch(update)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("live topic consumer failed (%s); reconnecting", exc)
+                if self._consumer is not None:
+                    try:
+                        await self._consumer.stop()
+                    except Exception:
+                        pass
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def dispatch(self, update: dict[str, Any]) -> None:
+        self.stats["updates_in"] += 1
+        targets = set(self.by_run.get(update.get("run", ""), ()))
+        targets |= self.by_experiment.get(update.get("experiment", ""), set())
+        for sub in targets:
+            if sub.project is None or sub.project == update.get("project"):
+                sub.offer(update)
+
+    def _index(self, target: Target) -> dict[str, set[Subscriber]]:
+        return self.by_run if target[0] == "run" else self.by_experiment
+
+    def subscribe(self, sub: Subscriber, target: Target) -> None:
+        sub.targets.add(target)
+        self._index(target).setdefault(target[1], set()).add(sub)
+
+    def unsubscribe(self, sub: Subscriber, target: Target) -> None:
+        sub.targets.discard(target)
+        index = self._index(target)
+        subs = index.get(target[1])
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del index[target[1]]
+
+    def remove(self, sub: Subscriber) -> None:
+        for target in list(sub.targets):
+            self.unsubscribe(sub, target)
+        self.subscribers.discard(sub)
+
+    def snapshot(self, target: Target, project: str | None) -> list[dict[str, Any]]:
+        """Current state of the target's runs (runs the worker thread)."""
+        if target[0] == "run":
+            try:
+                run = queries.get_run(self.store, target[1], project)
+            except queries.NotFound:
+                return []
+            return [{k: run[k] for k in ("id", "name", "experiment", "project", "status", "last_seen", "created_at", "ended_at", "metrics", "tags")}]
+        listing = queries.list_runs(self.store, project, experiment=target[1], order_by="-created_at", limit=SNAPSHOT_RUNS)
+        runs = listing["runs"]
+        if runs:
+            rows = self.store.query_dicts(
+                f"SELECT run_id, metric, {queries.SUMMARY_SELECT} FROM metric_summaries WHERE run_id IN {{ids:Array(String)}} GROUP BY run_id, metric",
+                {"ids": [r["id"] for r in runs]},
+            )
+            summaries: dict[str, dict[str, Any]] = {}
+            for r in rows:
+                summaries.setdefault(r["run_id"], {})[r["metric"]] = {k: queries.clean(r[k]) for k in ("last", "min", "max", "count", "last_step")}
+            for r in runs:
+                r["metrics"] = summaries.get(r["id"], {})
+        return runs
+
+
+router = APIRouter()
+
+
+def _parse_target(body: Any) -> Target | None:
+    if isinstance(body, dict) and len(body) == 1:
+        ((kind, value),) = body.items()
+        if kind in ("run", "experiment") and isinstance(value, str) and 0 < len(value) <= 255:
+            return (kind, value)
+    return None
+
+
+@router.websocket("/ws")
+async def websocket_endpoint(ws: WebSocket) -> None:
+    app = ws.app
+    hub: LiveHub = app.state.hub
+    auth = getattr(app.state, "auth", None)
+    project: str | None = None
+    if auth is not None and auth.enabled:
+        key = ws.query_params.get("api_key") or ws.headers.get("x-api-key")
+        project = auth.project_for(key)
+        if project is None:
+            await ws.close(code=4401, reason="a valid API key is required")
+            return
+    await ws.accept()
+    sub = Subscriber(ws, project, hub)
+    hub.subscribers.add(sub)
+    pump = asyncio.create_task(sub.pump())
+    try:
+        while True:
+            raw = await ws.receive_text()
+            try:
+                message = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                sub.send_control({"type": "error", "message": "messages must be JSON"})
+                continue
+            if not isinstance(message, dict):
+                sub.send_control({"type": "error", "message": "messages must be JSON objects"})
+                continue
+            if "subscribe" in message:
+                target = _parse_target(message["subscribe"])
+                if target is None:
+                    sub.send_control({"type": "error", "message": 'subscribe takes {"run": "<id>"} or {"experiment": "<name>"}'})
+                    continue
+                # Register first, so nothing published while the snapshot is read is lost.
+                hub.subscribe(sub, target)
+                runs = await hub.store.call(hub.snapshot, target, project)
+                sub.send_control({"type": "subscribed", "target": {target[0]: target[1]}})
+                sub.send_control({"type": "snapshot", "target": {target[0]: target[1]}, "runs": runs, "server_time": time.time()})
+            elif "unsubscribe" in message:
+                target = _parse_target(message["unsubscribe"])
+                if target is None:
+                    sub.send_control({"type": "error", "message": 'unsubscribe takes {"run": "<id>"} or {"experiment": "<name>"}'})
+                    continue
+                hub.unsubscribe(sub, target)
+                for run in [r for r, u in sub.pending.items() if u.get("run") == target[1] or u.get("experiment") == target[1]]:
+                    sub.pending.pop(run, None)
+                sub.send_control({"type": "unsubscribed", "target": {target[0]: target[1]}})
+            elif message.get("ping") is not None:
+                sub.send_control({"type": "pong", "server_time": time.time()})
+            else:
+                sub.send_control({"type": "error", "message": "unknown message; expected subscribe, unsubscribe or ping"})
+    except WebSocketDisconnect:
+        pass
+    except Exception as exc:  # a broken socket must not take the hub down
+        log.debug("websocket closed: %s", exc)
+    finally:
+        pump.cancel()
+        hub.remove(sub)

@@ -1,0 +1,184 @@
+"""WebSocket pushes: subscribe, catch-up, unsubscribe, and a slow subscriber."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from api.live import MAX_POINTS_PER_METRIC, LiveHub, Subscriber, merge_update
+from ingest import Experiment
+from runstream.config import Settings
+from tests.conftest import Stack, wait_until
+
+
+def _ws(stack: Stack) -> ClientConnection:
+    return connect(stack.api_url.replace("http://", "ws://") + "/ws", open_timeout=10)
+
+
+def _recv_until(ws: ClientConnection, predicate: Any, timeout: float = 20.0) -> list[dict[str, Any]]:
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            msg = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        except TimeoutError:
+            break
+        seen.append(msg)
+        if predicate(msg, seen):
+            return seen
+    raise AssertionError(f"condition not met; got {len(seen)} messages: {seen[-3:]}")
+
+
+def _points(messages: list[dict[str, Any]], metric: str) -> list[int]:
+    steps: list[int] = []
+    for m in messages:
+        if m.get("type") == "update" and metric in m.get("metrics", {}):
+            steps.extend(m["metrics"][metric]["s"])
+    return steps
+
+
+def _hub_ready(stack: Stack) -> None:
+    hub = stack.server.config.app.state.hub  # type: ignore[union-attr]
+    wait_until(lambda: hub.ready.is_set(), 30, what="live hub ready")
+
+
+def test_subscribe_snapshot_then_stream(stack: Stack, settings: Settings) -> None:
+    _hub_ready(stack)
+    run = Experiment("live", settings=settings).start_logging(name="live-1")
+    run.log("loss", 1.0, step=0)
+    run.get_metrics()  # stored before we subscribe: must appear in the snapshot
+    with _ws(stack) as ws:
+        ws.send(json.dumps({"subscribe": {"run": run.id}}))
+        first = _recv_until(ws, lambda m, _: m.get("type") == "snapshot")
+        snapshot = first[-1]
+        assert snapshot["runs"][0]["id"] == run.id
+        assert snapshot["runs"][0]["metrics"]["loss"]["count"] == 1
+        assert any(m["type"] == "subscribed" for m in first)
+        for step in range(1, 51):
+            run.log("loss", 1.0 / (step + 1), step=step)
+        run.flush()
+        msgs = _recv_until(ws, lambda _, seen: _points(seen, "loss")[-1:] == [50])
+        assert _points(msgs, "loss") == list(range(1, 51))
+        assert all("server_time" in m and m["run"] == run.id for m in msgs if m["type"] == "update")
+        run.complete()
+        done = _recv_until(ws, lambda m, _: m.get("status") == "Completed")
+        assert done[-1]["run"] == run.id
+
+
+def test_experiment_subscription_and_unsubscribe(stack: Stack, settings: Settings) -> None:
+    _hub_ready(stack)
+    exp = Experiment("live-exp", settings=settings)
+    a = exp.start_logging(name="a")
+    a.log("x", 0.0)
+    a.flush()
+    with _ws(stack) as ws:
+        ws.send(json.dumps({"subscribe": {"experiment": "live-exp"}}))
+        _recv_until(ws, lambda m, _: m.get("type") == "snapshot")
+        b = exp.start_logging(name="b")
+        b.log_text("stdout", "hello from b")
+        b.log("x", 1.0)
+        b.flush()
+        msgs = _recv_until(ws, lambda m, _: m.get("run") == b.id and any(line["line"] == "hello from b" for line in m.get("logs", [])))
+        assert msgs[-1]["experiment"] == "live-exp"
+        ws.send(json.dumps({"unsubscribe": {"experiment": "live-exp"}}))
+        _recv_until(ws, lambda m, _: m.get("type") == "unsubscribed")
+        a.log("x", 2.0)
+        a.complete()
+        b.complete()
+        b.get_metrics()  # processed and published by now
+        with pytest.raises(TimeoutError):
+            ws.recv(timeout=0.5)
+
+
+def test_bad_messages_get_an_error_not_a_disconnect(stack: Stack) -> None:
+    with _ws(stack) as ws:
+        for bad in ["not json", "[1,2]", json.dumps({"subscribe": {"run": ""}}), json.dumps({"subscribe": {"table": "x"}}), json.dumps({"what": 1})]:
+            ws.send(bad)
+            msg = json.loads(ws.recv(timeout=5))
+            assert msg["type"] == "error" and msg["message"]
+        ws.send(json.dumps({"ping": 1}))
+        assert json.loads(ws.recv(timeout=5))["type"] == "pong"
+
+
+def test_slow_subscriber_does_not_slow_the_others(stack: Stack, settings: Settings) -> None:
+    _hub_ready(stack)
+    hub: LiveHub = stack.server.config.app.state.hub  # type: ignore[union-attr]
+    exp = Experiment("live-slow", settings=settings)
+    runs = [exp.start_logging(name=f"slow-{i}") for i in range(5)]
+    with _ws(stack) as slow, _ws(stack) as fast:
+        for ws in (slow, fast):
+            ws.send(json.dumps({"subscribe": {"experiment": "live-slow"}}))
+        _recv_until(fast, lambda m, _: m.get("type") == "snapshot")
+        # The slow client never reads again. Its socket buffers fill, its pump blocks,
+        # and its queue must stay at one pending update per run.
+        payload = "x" * 2000
+        steps = 400
+        for step in range(steps):
+            for run in runs:
+                run.log("loss", float(step), step=step)
+                run.log_text("stdout", f"{step} {payload}")
+            if step % 50 == 0:
+                for run in runs:
+                    run.flush()
+        for run in runs:
+            run.flush()
+        last = {r.id: -1 for r in runs}
+
+        def all_seen(msg: dict[str, Any], _: Any) -> bool:
+            if msg.get("type") == "update" and "loss" in msg.get("metrics", {}):
+                last[msg["run"]] = max(last[msg["run"]], msg["metrics"]["loss"]["s"][-1])
+            return all(v == steps - 1 for v in last.values())
+
+        _recv_until(fast, all_seen, timeout=30)
+        slow_subs = [s for s in hub.subscribers if ("experiment", "live-slow") in s.targets]
+        assert len(slow_subs) == 2
+        assert all(len(s.pending) <= len(runs) for s in slow_subs)
+    for run in runs:
+        run.complete()
+
+
+def test_coalescing_keeps_latest_state_bounded() -> None:
+    pending = {"type": "update", "run": "r", "metrics": {"loss": {"s": [0], "v": [1.0], "n": 1}}, "status": "Running"}
+    for i in range(1, 5000):
+        merge_update(pending, {"type": "update", "run": "r", "metrics": {"loss": {"s": [i], "v": [float(i)], "n": 1}}, "server_time": i})
+    merge_update(pending, {"type": "update", "run": "r", "status": "Completed", "logs": [{"stream": "stdout", "line": "bye", "ts": 1.0}]})
+    loss = pending["metrics"]["loss"]
+    assert len(loss["s"]) == MAX_POINTS_PER_METRIC and loss["s"][-1] == 4999 and loss["truncated"] is True
+    assert loss["n"] == 5000 and pending["status"] == "Completed" and pending["logs"][-1]["line"] == "bye"
+
+
+def test_subscriber_queue_blocks_without_blocking_dispatch() -> None:
+    class BlockedSocket:
+        def __init__(self) -> None:
+            self.release = asyncio.Event()
+            self.sent: list[str] = []
+
+        async def send_text(self, text: str) -> None:
+            await self.release.wait()
+            self.sent.append(text)
+
+    async def scenario() -> None:
+        hub = LiveHub.__new__(LiveHub)
+        hub.stats = {"updates_in": 0, "messages_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
+        sock = BlockedSocket()
+        sub = Subscriber(sock, None, hub)  # type: ignore[arg-type]
+        pump = asyncio.create_task(sub.pump())
+        started = time.perf_counter()
+        for i in range(10_000):
+            sub.offer({"type": "update", "run": f"r{i % 3}", "metrics": {"m": {"s": [i], "v": [float(i)], "n": 1}}})
+        assert time.perf_counter() - started < 2.0  # offering never waits for the socket
+        await asyncio.sleep(0)
+        assert len(sub.pending) <= 3
+        sock.release.set()
+        while sub.pending:
+            await asyncio.sleep(0.01)
+        pump.cancel()
+        last = [json.loads(t) for t in sock.sent][-1]
+        assert last["metrics"]["m"]["s"][-1] >= 9997
+
+    asyncio.run(scenario())
