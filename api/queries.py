@@ -17,8 +17,7 @@ ORDERABLE = {"created_at", "last_seen", "ended_at", "name", "status", "experimen
 SUMMARY_STATS = ("last", "min", "max", "mean", "count", "first")
 SUMMARY_SELECT = (
     "sum(count_state) AS count, argMinMerge(first_state) AS first, argMaxMerge(last_state) AS last, "
-    "if(isNaN(avgIfMerge(mean_state)), NULL, minIfMerge(min_state)) AS min, "
-    "if(isNaN(avgIfMerge(mean_state)), NULL, maxIfMerge(max_state)) AS max, "
+    "min(min_state) AS min, max(max_state) AS max, "
     "avgIfMerge(mean_state) AS mean, max(last_step) AS last_step"
 )
 
