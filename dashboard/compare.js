@@ -1,0 +1,306 @@
+// Compare page: overlaid metric charts (one series per run), summary table, grouped mean ± std.
+import { api, live, numOrNull } from "./api.js";
+import { color, createChart, joinSeries } from "./charts.js";
+import { clear, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
+
+const MAX_RUNS = 20;
+const DEFAULT_METRICS = 12;
+
+export function mount(ctx) {
+  const p = ctx.params;
+  const ids = [...new Set((p.get("runs") || "").split(",").map((s) => s.trim()).filter(Boolean))].slice(0, MAX_RUNS);
+  let metrics = (p.get("metrics") || "").split(",").filter(Boolean);
+  const explicitMetrics = metrics.length > 0;
+  const root = h("div.compare-page");
+  ctx.view.append(root);
+  let disposed = false;
+
+  const head = h("div.page-head", h("div.title-row", h("h1", "Compare runs")));
+  root.append(head);
+  if (!ids.length) {
+    root.append(h("div.empty.card", h("p", "Pick runs to compare: tick them in the ", h("a", { href: "#/" }, "runs list"), " and press Compare."),
+      h("p.muted", "Or open ", h("code", "#/compare?runs=<id>,<id>&metrics=<name>,<name>"), ".")));
+    return () => {};
+  }
+
+  const runsBar = h("div.run-legend");
+  const metricPicker = h("div.metric-toggle");
+  const notice = h("div");
+  const summaryBox = h("div.card.table-card", h("p.muted.pad", "Loading summary…"));
+  const chartsGrid = h("div.charts");
+  const aggBox = h("section.section");
+  root.append(runsBar, notice,
+    h("section.section", h("div.section-head", h("h2", "Metrics"), metricPicker), chartsGrid),
+    h("section.section", h("h2", "Summary"), summaryBox),
+    aggBox);
+
+  const runs = new Map(); // id -> run details (or {id, missing:true})
+  const colorOf = (id) => color(ids.indexOf(id));
+  const charts = new Map(); // metric -> {chart, per: Map(runId -> {xs, ys, lastRest}), redraw, el}
+  const unsubs = [];
+
+  function syncUrl() {
+    const q = new URLSearchParams({ runs: ids.join(",") });
+    if (explicitMetrics || metrics.length) q.set("metrics", metrics.join(","));
+    ctx.setQuery(q);
+  }
+
+  function renderRunsBar() {
+    clear(runsBar).append(...ids.map((id) => {
+      const r = runs.get(id);
+      const others = ids.filter((x) => x !== id);
+      const q = new URLSearchParams({ runs: others.join(",") });
+      if (metrics.length) q.set("metrics", metrics.join(","));
+      const badge = statusBadge(r?.status);
+      badge.dataset.run = id;
+      return h("span.run-chip", { style: { "--c": colorOf(id) } },
+        h("span.swatch"), h("a", { href: `#/runs/${encodeURIComponent(id)}`, title: id }, r?.name || id), badge,
+        others.length ? h("a.remove", { href: `#/compare?${q}`, title: "remove from the comparison" }, "×") : null);
+    }));
+  }
+
+  function allMetricNames() {
+    const names = new Set();
+    for (const r of runs.values()) for (const m of Object.keys(r.metrics || {})) names.add(m);
+    return [...names].sort();
+  }
+
+  function renderMetricPicker() {
+    const names = allMetricNames();
+    for (const m of metrics) if (!names.includes(m)) names.push(m);
+    clear(metricPicker).append(...names.map((m) => {
+      const on = metrics.includes(m);
+      return h(`button.chip.toggle${on ? ".on" : ""}`, { type: "button", "aria-pressed": on ? "true" : "false", onclick: () => {
+        metrics = on ? metrics.filter((x) => x !== m) : [...metrics, m].sort();
+        syncUrl();
+        renderCharts();
+        loadSummary();
+        renderMetricPicker();
+      } }, m);
+    }));
+  }
+
+  // --- overlaid charts ---
+  function renderCharts() {
+    for (const [m, c] of charts) {
+      if (!metrics.includes(m)) {
+        c.chart.destroy();
+        c.el.remove();
+        charts.delete(m);
+      }
+    }
+    for (const m of metrics) if (!charts.has(m)) addChart(m);
+    // keep DOM in metric order
+    for (const m of metrics) chartsGrid.append(charts.get(m).el);
+    if (!metrics.length) chartsGrid.append(h("p.muted.empty-charts", "No metrics selected."));
+    else chartsGrid.querySelector(".empty-charts")?.remove();
+  }
+
+  function addChart(m) {
+    const box = h("div.chart", { dataset: { metric: m, points: "0" } });
+    const sub = h("span.sub");
+    const el = h("section.card.chart-card", { dataset: { metric: m } }, h("header", h("h3", { title: m }, m)), box, h("footer", sub));
+    chartsGrid.append(el);
+    const withMetric = ids.filter((id) => runs.get(id)?.metrics?.[m] || !runs.get(id));
+    const chart = createChart(box, { series: ids.map((id) => ({ label: runs.get(id)?.name || id, color: colorOf(id) })), height: 220 });
+    const per = new Map(ids.map((id) => [id, { xs: [], ys: [], lastRest: -Infinity, loaded: false, queue: [] }]));
+    const c = { chart, per, el, sub };
+    c.redraw = rafThrottle(() => {
+      const data = joinSeries(ids.map((id) => [per.get(id).xs, per.get(id).ys]));
+      chart.setData(data);
+    });
+    charts.set(m, c);
+    const width = Math.max(200, chart.width());
+    let failed = 0;
+    Promise.all(withMetric.map((id) => api.series(id, m, { max_points: width }).then((r) => {
+      const s = per.get(id);
+      s.xs = r.steps.slice();
+      s.ys = r.values.map(numOrNull);
+      s.lastRest = s.xs.length ? s.xs[s.xs.length - 1] : -Infinity;
+      s.loaded = true;
+      for (const slot of s.queue) appendPoints(c, id, slot);
+      s.queue = [];
+    }).catch((e) => { if (e.status !== 404) failed++; }))).then(() => {
+      if (disposed) return;
+      const have = ids.filter((id) => per.get(id).xs.length).length;
+      sub.textContent = `${have} of ${ids.length} runs${failed ? ` · ${failed} failed to load` : ""}`;
+      c.redraw();
+    });
+  }
+
+  function appendPoints(c, id, slot) {
+    const s = c.per.get(id);
+    if (!s.loaded) { s.queue.push(slot); return; }
+    for (let i = 0; i < slot.s.length; i++) {
+      const x = slot.s[i];
+      if (x <= s.lastRest) continue;
+      if (s.xs.length && x <= s.xs[s.xs.length - 1]) continue; // keep x strictly increasing for the join
+      s.xs.push(x);
+      s.ys.push(numOrNull(slot.v[i]));
+    }
+    c.redraw();
+  }
+
+  // --- summary table ---
+  async function loadSummary() {
+    if (!metrics.length) { clear(summaryBox).append(h("p.muted.pad", "No metrics selected.")); return; }
+    let data = null;
+    let note = null;
+    try {
+      data = (await api.compare(ids, metrics)).metrics;
+    } catch (e) {
+      note = e.status === 404 ? "The compare endpoint is not available yet; figures come from each run's summary." : `Compare failed (${e.message}); figures come from each run's summary.`;
+      data = {};
+      for (const m of metrics) {
+        data[m] = {};
+        for (const id of ids) if (runs.get(id)?.metrics?.[m]) data[m][id] = runs.get(id).metrics[m];
+      }
+    }
+    if (disposed) return;
+    const stats = ["last", "min", "max"];
+    const best = {}; // metric -> {stat -> [min, max]} for highlighting
+    for (const m of metrics) {
+      best[m] = {};
+      for (const s of stats) {
+        const vals = ids.map((id) => data[m]?.[id]?.[s]).filter(isNum);
+        best[m][s] = vals.length > 1 ? [Math.min(...vals), Math.max(...vals)] : null;
+      }
+    }
+    const table = h("table.runs.summary",
+      h("thead",
+        h("tr", h("th", { rowSpan: 2 }, "Run"), metrics.map((m) => h("th.metric-group", { colSpan: 3, title: m }, m))),
+        h("tr.sub", metrics.flatMap(() => stats.map((s) => h("th.num", s))))),
+      h("tbody", ids.map((id) => h("tr",
+        h("td.name", h("span.swatch", { style: { background: colorOf(id) } }), h("a", { href: `#/runs/${encodeURIComponent(id)}` }, runs.get(id)?.name || id)),
+        metrics.flatMap((m) => stats.map((s) => {
+          const v = data[m]?.[id]?.[s];
+          const b = best[m][s];
+          const cls = b && isNum(v) ? (v === b[0] ? ".lo" : v === b[1] ? ".hi" : "") : "";
+          return h(`td.num${cls}`, { title: cls === ".lo" ? "lowest" : cls === ".hi" ? "highest" : null }, fmtNum(v ?? null));
+        }))))));
+    clear(summaryBox).append(note ? h("p.muted.pad", note) : null, h("div.scroll", table));
+  }
+
+  // --- grouped aggregate ---
+  let aggChart = null;
+  function renderAggregate() {
+    const experiments = [...new Set([...runs.values()].map((r) => r.experiment).filter(Boolean))];
+    const keys = new Set();
+    for (const r of runs.values()) {
+      for (const k of Object.keys(r.tags || {})) keys.add(`tag.${k}`);
+      for (const k of Object.keys(r.params || {})) keys.add(`param.${k}`);
+    }
+    const expSel = h("select", { "aria-label": "experiment" }, experiments.map((x) => h("option", { value: x }, x)));
+    const metricSel = h("select", { "aria-label": "metric" }, allMetricNames().map((m) => h("option", { value: m }, m)));
+    if (metrics.length) metricSel.value = metrics[0];
+    const groupIn = h("input", { type: "text", list: "group-keys", placeholder: "tag.<key> or param.<key>", value: [...keys][0] || "" });
+    const out = h("div");
+    const go = h("button.primary", { type: "button", onclick: () => loadAggregate(expSel.value, metricSel.value, groupIn.value.trim(), out) }, "Show");
+    clear(aggBox).append(
+      h("div.section-head", h("h2", "Grouped mean ± std"), h("span.muted", "across every run of the experiment")),
+      h("div.toolbar",
+        h("label.field", h("span", "Experiment"), expSel),
+        h("label.field", h("span", "Metric"), metricSel),
+        h("label.field", h("span", "Group by"), groupIn, h("datalist", { id: "group-keys" }, [...keys].sort().map((k) => h("option", { value: k })))),
+        h("div.field", h("span", "\u00a0"), go)),
+      out);
+    if (experiments.length && metricSel.value && groupIn.value) go.click();
+  }
+
+  async function loadAggregate(experiment, metric, groupBy, out) {
+    aggChart?.destroy();
+    aggChart = null;
+    if (!experiment || !metric || !groupBy) {
+      clear(out).append(message("info", "Choose an experiment, a metric and a tag.<key> or param.<key> to group by."));
+      return;
+    }
+    clear(out).append(h("p.muted", "Loading…"));
+    const box = h("div.chart.agg", { dataset: { metric } });
+    const card = h("section.card.chart-card.wide", h("header", h("h3", `${metric} by ${groupBy}`)), box);
+    let res;
+    try {
+      clear(out).append(card);
+      res = await api.aggregate({ experiment, metric, group_by: groupBy, max_points: Math.max(200, box.clientWidth || 600) });
+    } catch (e) {
+      if (disposed) return;
+      clear(out).append(message(e.status === 404 ? "info" : "error", e.status === 404
+        ? `Grouped aggregates are not available (${e.message}).`
+        : `Could not compute the aggregate: ${e.message}`));
+      return;
+    }
+    if (disposed) return;
+    const groups = (res.groups || []).slice(0, 8);
+    if (!groups.length) { clear(out).append(message("info", "No runs of this experiment have that metric and key.")); return; }
+    const series = [];
+    const bands = [];
+    const tables = [];
+    groups.forEach((g, i) => {
+      const c = color(i);
+      const label = `${g.key === "" || g.key == null ? "(none)" : g.key} · ${g.runs} run${g.runs === 1 ? "" : "s"}`;
+      const mean = g.mean.map(numOrNull);
+      const std = g.std.map((s) => (isNum(s) ? s : 0));
+      series.push({ label, color: c }, { label: "+σ", color: c, band: true }, { label: "−σ", color: c, band: true });
+      const base = 1 + i * 3;
+      bands.push({ series: [base + 1, base + 2], color: c });
+      const up = mean.map((m, j) => (m == null ? null : m + std[j]));
+      const lo = mean.map((m, j) => (m == null ? null : m - std[j]));
+      tables.push([g.steps, mean], [g.steps, up], [g.steps, lo]);
+    });
+    aggChart = createChart(box, { series, bands, height: 260 });
+    box.classList.add("hide-band-legend");
+    aggChart.setData(joinSeries(tables));
+  }
+
+  // --- live ---
+  function onLive(msg) {
+    if (disposed || msg.type !== "update" || !ids.includes(msg.run)) return;
+    if (msg.status) {
+      const r = runs.get(msg.run);
+      if (r) r.status = msg.status;
+      const b = runsBar.querySelector(`.badge[data-run="${CSS.escape(msg.run)}"]`);
+      if (b) setBadge(b, msg.status);
+      summarySoon();
+    }
+    if (msg.metrics) {
+      for (const [m, slot] of Object.entries(msg.metrics)) {
+        const c = charts.get(m);
+        if (!c) continue;
+        if (slot.truncated) { refetchChart(m); continue; }
+        appendPoints(c, msg.run, slot);
+      }
+      summarySoon();
+    }
+  }
+  const summarySoon = throttle(() => !disposed && loadSummary(), 3000);
+  const refetchChart = throttle((m) => {
+    const c = charts.get(m);
+    if (!c) return;
+    c.chart.destroy();
+    c.el.remove();
+    charts.delete(m);
+    renderCharts();
+  }, 2000);
+
+  // --- load ---
+  Promise.all(ids.map((id) => api.run(id).then((r) => runs.set(id, r)).catch((e) => runs.set(id, { id, missing: true, error: e.message })))).then(() => {
+    if (disposed) return;
+    const missing = ids.filter((id) => runs.get(id).missing);
+    if (missing.length) notice.append(message("error", `Could not load ${missing.length} run${missing.length === 1 ? "" : "s"}: ${missing.join(", ")}`));
+    for (const id of missing) runs.delete(id);
+    if (!metrics.length) metrics = allMetricNames().slice(0, DEFAULT_METRICS);
+    document.title = `Compare ${ids.length} runs · runstream`;
+    renderRunsBar();
+    renderMetricPicker();
+    renderCharts();
+    loadSummary();
+    renderAggregate();
+    for (const id of ids) unsubs.push(live.subscribe({ run: id }, onLive));
+  });
+
+  return () => {
+    disposed = true;
+    for (const u of unsubs) u();
+    for (const c of charts.values()) c.chart.destroy();
+    aggChart?.destroy();
+  };
+}
