@@ -1,0 +1,207 @@
+"""Parameterised reads behind compare, leaderboard and aggregate (docs/analytics.md).
+
+Every user value is bound as a query parameter; the only composed SQL comes from
+the whitelists here and in `api.queries` (stat names, sort direction, scope).
+Summaries come from metric_summaries (merged with `SUMMARY_SELECT`), never from
+a scan of metric_points, so leaderboard and compare stay fast at 10,000 runs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from api.queries import SUMMARY_SELECT, SUMMARY_STATS, BadQuery, _scope, clean, run_row_to_json
+from processor.store import Store
+
+MAX_COMPARE_RUNS = 1000
+MAX_COMPARE_METRICS = 100
+MAX_AGGREGATE_POINTS = 10_000
+STAT_FIELDS = ("first", "last", "min", "max", "mean", "count", "last_step")
+RUN_COLUMNS = "project, run_id, experiment, name, parent_id, status, error, created_at, ended_at, last_seen, tags, params"
+
+
+def split_csv(text: str | None) -> list[str]:
+    """Comma-separated names, blanks dropped, first occurrence kept."""
+    return list(dict.fromkeys(x.strip() for x in (text or "").split(",") if x.strip()))
+
+
+def compare(store: Store, project: str | None, runs: list[str], metrics: list[str]) -> dict[str, Any]:
+    if not runs or not metrics:
+        raise BadQuery("both `runs` and `metrics` must name at least one item")
+    if len(runs) > MAX_COMPARE_RUNS or len(metrics) > MAX_COMPARE_METRICS:
+        raise BadQuery(f"at most {MAX_COMPARE_RUNS} runs and {MAX_COMPARE_METRICS} metrics per comparison")
+    params: dict[str, Any] = {"runs": runs, "metrics": metrics}
+    scope = _scope(project, params)
+    info = {
+        r["run_id"]: r
+        for r in store.query_dicts(
+            f"SELECT run_id, name, experiment, status FROM runs FINAL WHERE run_id IN {{runs:Array(String)}} AND {scope}", params
+        )
+    }
+    rows = store.query_dicts(
+        f"SELECT run_id, metric, {SUMMARY_SELECT} FROM metric_summaries "
+        f"WHERE run_id IN {{runs:Array(String)}} AND metric IN {{metrics:Array(String)}} AND {scope} GROUP BY run_id, metric",
+        params,
+    )
+    out: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in metrics}
+    for r in rows:
+        out[r["metric"]][r["run_id"]] = {k: clean(r[k]) for k in STAT_FIELDS}
+    seen = set(info) | {r["run_id"] for r in rows}
+    return {
+        "runs": [
+            {
+                "id": run_id,
+                "name": info[run_id]["name"] if run_id in info else None,
+                "experiment": info[run_id]["experiment"] if run_id in info else None,
+                "status": info[run_id]["status"] if run_id in info else None,
+            }
+            for run_id in runs
+            if run_id in seen
+        ],
+        "metrics": out,
+    }
+
+
+def leaderboard(
+    store: Store, project: str | None, metric: str, mode: str = "min", stat: str = "last", limit: int = 10, experiment: str | None = None
+) -> dict[str, Any]:
+    if mode not in ("min", "max"):
+        raise BadQuery("mode must be min or max")
+    if stat not in SUMMARY_STATS:
+        raise BadQuery(f"stat must be one of {', '.join(SUMMARY_STATS)}")
+    params: dict[str, Any] = {"metric": metric, "limit": limit}
+    scope = _scope(project, params)
+    run_filter = ""
+    if experiment is not None:
+        params["experiment"] = experiment
+        # The run ids of one experiment come from the small runs table; the
+        # summaries' primary key (project, run_id, metric) then prunes the scan.
+        run_filter = f" AND (project, run_id) IN (SELECT project, run_id FROM runs FINAL WHERE experiment = {{experiment:String}} AND {scope})"
+    direction = "ASC" if mode == "min" else "DESC"
+    top = store.query_dicts(
+        f"SELECT project, run_id, {stat} AS value FROM ("
+        f"SELECT project, run_id, {SUMMARY_SELECT} FROM metric_summaries "
+        f"WHERE metric = {{metric:String}} AND {scope}{run_filter} GROUP BY project, run_id) "
+        f"WHERE value IS NOT NULL AND isFinite(value) ORDER BY value {direction}, run_id LIMIT {{limit:UInt32}}",
+        params,
+    )
+    info: dict[tuple[str, str], dict[str, Any]] = {}
+    if top:
+        rows = store.query_dicts(
+            f"SELECT {RUN_COLUMNS} FROM runs FINAL WHERE run_id IN {{ids:Array(String)}} AND project IN {{projects:Array(String)}}",
+            {"ids": [t["run_id"] for t in top], "projects": sorted({t["project"] for t in top})},
+        )
+        info = {(r["project"], r["run_id"]): run_row_to_json(r) for r in rows}
+    ranked = []
+    for rank, t in enumerate(top, start=1):
+        run = info.get((t["project"], t["run_id"]), {})
+        ranked.append(
+            {
+                "rank": rank,
+                "id": t["run_id"],
+                "name": run.get("name"),
+                "experiment": run.get("experiment"),
+                "status": run.get("status"),
+                "value": clean(float(t["value"])),
+                "tags": run.get("tags", {}),
+                "params": run.get("params", {}),
+            }
+        )
+    return {"metric": metric, "mode": mode, "stat": stat, "experiment": experiment, "runs": ranked}
+
+
+def _group_key(group_by: str | None, params: dict[str, Any]) -> str:
+    """SQL for a run's group from the whitelist tag.<key> | param.<key> | experiment | none."""
+    if group_by is None or group_by in ("", "none"):
+        return "''"
+    if group_by == "experiment":
+        return "experiment"
+    kind, _, key = group_by.partition(".")
+    if kind not in ("tag", "param") or not key:
+        raise BadQuery("group_by must be tag.<key>, param.<key>, experiment or none")
+    params["group_key"] = key
+    return f"{'tags' if kind == 'tag' else 'params'}[{{group_key:String}}]"
+
+
+def aggregate(
+    store: Store,
+    project: str | None,
+    metric: str,
+    *,
+    experiment: str | None = None,
+    group_by: str | None = None,
+    runs: list[str] | None = None,
+    max_points: int = 1000,
+) -> dict[str, Any]:
+    """Per group and step: mean, population std, min, max and count across runs.
+
+    A group with more distinct steps than `max_points` is bucketed: bucket
+    b = intDiv(step - first_step, width) with width = intDiv(last_step -
+    first_step, max_points) + 1, so it has at most max_points buckets. Each run
+    first contributes its own mean over the bucket (and its min and max); mean,
+    std and count are then taken across runs as in the unbucketed case, min and
+    max are the extremes of every point in the bucket, and the reported step is
+    the bucket's smallest step. Without bucketing, a run with several points at
+    one step contributes their mean.
+    """
+    if experiment is None and not runs:
+        raise BadQuery("give `experiment` or `runs` (or both)")
+    if not 1 <= max_points <= MAX_AGGREGATE_POINTS:
+        raise BadQuery(f"max_points must be between 1 and {MAX_AGGREGATE_POINTS}")
+    params: dict[str, Any] = {"metric": metric, "max_points": max_points}
+    key = _group_key(group_by, params)
+    where = [_scope(project, params)]
+    if experiment is not None:
+        params["experiment"] = experiment
+        where.append("experiment = {experiment:String}")
+    if runs:
+        if len(runs) > 100_000:
+            raise BadQuery("at most 100000 runs")
+        params["runs"] = runs
+        where.append("run_id IN {runs:Array(String)}")
+    groups_sql = f"SELECT project, run_id, {key} AS key FROM runs FINAL WHERE {' AND '.join(where)}"
+    # The runs set (small) is the right side of the join and also prunes the
+    # metric_points scan through its primary key (project, run_id, metric, step).
+    sql = f"""
+    WITH pts AS (
+        SELECT g.key AS key, p.run_id AS run_id, p.step AS step, p.value AS value
+        FROM metric_points AS p
+        INNER JOIN ({groups_sql}) AS g ON p.project = g.project AND p.run_id = g.run_id
+        WHERE p.metric = {{metric:String}} AND (p.project, p.run_id) IN (SELECT project, run_id FROM ({groups_sql}))
+              AND isFinite(p.value)
+    ),
+    shape AS (
+        SELECT key, min(step) AS first_step, uniqExact(run_id) AS n_runs,
+               if(uniqExact(step) > {{max_points:UInt32}}, intDiv(max(step) - min(step), {{max_points:UInt32}}) + 1, 1) AS width
+        FROM pts GROUP BY key
+    )
+    SELECT key, any(n_runs) AS n_runs, arraySort(groupArray((b, step, mean, std, lo, hi, n))) AS buckets
+    FROM (
+        SELECT key, b, min(s) AS step, avg(v) AS mean, stddevPop(v) AS std, min(lo) AS lo, max(hi) AS hi, count() AS n,
+               any(n_runs) AS n_runs
+        FROM (
+            SELECT pts.key AS key, pts.run_id AS run_id, intDiv(pts.step - shape.first_step, shape.width) AS b,
+                   min(pts.step) AS s, avg(pts.value) AS v, min(pts.value) AS lo, max(pts.value) AS hi, any(shape.n_runs) AS n_runs
+            FROM pts INNER JOIN shape ON pts.key = shape.key
+            GROUP BY key, run_id, b
+        )
+        GROUP BY key, b
+    )
+    GROUP BY key ORDER BY key
+    """
+    groups = []
+    for r in store.query_dicts(sql, params):
+        buckets = r["buckets"]
+        groups.append(
+            {
+                "key": r["key"],
+                "runs": int(r["n_runs"]),
+                "steps": [int(b[1]) for b in buckets],
+                "mean": [clean(float(b[2])) for b in buckets],
+                "std": [clean(float(b[3])) for b in buckets],
+                "min": [clean(float(b[4])) for b in buckets],
+                "max": [clean(float(b[5])) for b in buckets],
+                "count": [int(b[6]) for b in buckets],
+            }
+        )
+    return {"metric": metric, "group_by": group_by or "none", "experiment": experiment, "max_points": max_points, "groups": groups}
