@@ -1,7 +1,7 @@
 // Compare page: overlaid metric charts (one series per run), summary table, grouped mean ± std.
 import { api, live, numOrNull } from "./api.js";
 import { color, createChart, joinSeries } from "./charts.js";
-import { clear, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
+import { clear, put, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
 
 const MAX_RUNS = 20;
 const DEFAULT_METRICS = 12;
@@ -46,7 +46,7 @@ export function mount(ctx) {
   }
 
   function renderRunsBar() {
-    clear(runsBar).append(...ids.map((id) => {
+    put(runsBar, ...ids.map((id) => {
       const r = runs.get(id);
       const others = ids.filter((x) => x !== id);
       const q = new URLSearchParams({ runs: others.join(",") });
@@ -62,16 +62,16 @@ export function mount(ctx) {
   function allMetricNames() {
     const names = new Set();
     for (const r of runs.values()) for (const m of Object.keys(r.metrics || {})) names.add(m);
-    return [...names].sort();
+    return [...names].sort((a, b) => a.localeCompare(b, undefined, { sensitivity: "base", numeric: true }));
   }
 
   function renderMetricPicker() {
     const names = allMetricNames();
     for (const m of metrics) if (!names.includes(m)) names.push(m);
-    clear(metricPicker).append(...names.map((m) => {
+    put(metricPicker, ...names.map((m) => {
       const on = metrics.includes(m);
       return h(`button.chip.toggle${on ? ".on" : ""}`, { type: "button", "aria-pressed": on ? "true" : "false", onclick: () => {
-        metrics = on ? metrics.filter((x) => x !== m) : [...metrics, m].sort();
+        metrics = on ? metrics.filter((x) => x !== m) : allMetricNames().filter((x) => x === m || metrics.includes(x));
         syncUrl();
         renderCharts();
         loadSummary();
@@ -143,7 +143,7 @@ export function mount(ctx) {
 
   // --- summary table ---
   async function loadSummary() {
-    if (!metrics.length) { clear(summaryBox).append(h("p.muted.pad", "No metrics selected.")); return; }
+    if (!metrics.length) { put(summaryBox, h("p.muted.pad", "No metrics selected.")); return; }
     let data = null;
     let note = null;
     try {
@@ -163,7 +163,9 @@ export function mount(ctx) {
       best[m] = {};
       for (const s of stats) {
         const vals = ids.map((id) => data[m]?.[id]?.[s]).filter(isNum);
-        best[m][s] = vals.length > 1 ? [Math.min(...vals), Math.max(...vals)] : null;
+        const lo = Math.min(...vals);
+        const hi = Math.max(...vals);
+        best[m][s] = vals.length > 1 && lo !== hi ? [lo, hi] : null;
       }
     }
     const table = h("table.runs.summary",
@@ -178,7 +180,7 @@ export function mount(ctx) {
           const cls = b && isNum(v) ? (v === b[0] ? ".lo" : v === b[1] ? ".hi" : "") : "";
           return h(`td.num${cls}`, { title: cls === ".lo" ? "lowest" : cls === ".hi" ? "highest" : null }, fmtNum(v ?? null));
         }))))));
-    clear(summaryBox).append(note ? h("p.muted.pad", note) : null, h("div.scroll", table));
+    put(summaryBox, note ? h("p.muted.pad", note) : null, h("div.scroll", table));
   }
 
   // --- grouped aggregate ---
@@ -196,7 +198,7 @@ export function mount(ctx) {
     const groupIn = h("input", { type: "text", list: "group-keys", placeholder: "tag.<key> or param.<key>", value: [...keys][0] || "" });
     const out = h("div");
     const go = h("button.primary", { type: "button", onclick: () => loadAggregate(expSel.value, metricSel.value, groupIn.value.trim(), out) }, "Show");
-    clear(aggBox).append(
+    put(aggBox, 
       h("div.section-head", h("h2", "Grouped mean ± std"), h("span.muted", "across every run of the experiment")),
       h("div.toolbar",
         h("label.field", h("span", "Experiment"), expSel),
@@ -211,26 +213,26 @@ export function mount(ctx) {
     aggChart?.destroy();
     aggChart = null;
     if (!experiment || !metric || !groupBy) {
-      clear(out).append(message("info", "Choose an experiment, a metric and a tag.<key> or param.<key> to group by."));
+      put(out, message("info", "Choose an experiment, a metric and a tag.<key> or param.<key> to group by."));
       return;
     }
-    clear(out).append(h("p.muted", "Loading…"));
+    put(out, h("p.muted", "Loading…"));
     const box = h("div.chart.agg", { dataset: { metric } });
     const card = h("section.card.chart-card.wide", h("header", h("h3", `${metric} by ${groupBy}`)), box);
     let res;
     try {
-      clear(out).append(card);
+      put(out, card);
       res = await api.aggregate({ experiment, metric, group_by: groupBy, max_points: Math.max(200, box.clientWidth || 600) });
     } catch (e) {
       if (disposed) return;
-      clear(out).append(message(e.status === 404 ? "info" : "error", e.status === 404
+      put(out, message(e.status === 404 ? "info" : "error", e.status === 404
         ? `Grouped aggregates are not available (${e.message}).`
         : `Could not compute the aggregate: ${e.message}`));
       return;
     }
     if (disposed) return;
     const groups = (res.groups || []).slice(0, 8);
-    if (!groups.length) { clear(out).append(message("info", "No runs of this experiment have that metric and key.")); return; }
+    if (!groups.length) { put(out, message("info", "No runs of this experiment have that metric and key.")); return; }
     const series = [];
     const bands = [];
     const tables = [];

@@ -2,9 +2,10 @@
 import { api, ApiError, fileUrl, live, numOrNull } from "./api.js";
 import { createChart } from "./charts.js";
 import {
-  clear, duration, fmtBytes, fmtNum, h, isNum, kvTable, message, rafThrottle, setBadge, statusBadge, throttle, timeEl,
+  clear, put, duration, fmtBytes, fmtNum, h, isNum, kvTable, message, rafThrottle, setBadge, statusBadge, throttle, timeEl,
 } from "./util.js";
 
+const byName = (a, b) => a.localeCompare(b, undefined, { sensitivity: "base", numeric: true });
 const TERMINAL = new Set(["Completed", "Failed", "Canceled"]);
 const LOG_KEEP = 2000;
 
@@ -255,7 +256,7 @@ export function mount(ctx) {
       card = new MetricCard(id, name, summary, observer);
       cards.set(name, card);
       // keep cards in name order
-      const after = [...cards.keys()].sort().find((n) => n > name && cards.get(n).el.isConnected);
+      const after = [...cards.keys()].find((n) => byName(n, name) > 0 && cards.get(n).el.isConnected);
       if (after) metricsGrid.insertBefore(card.el, cards.get(after).el);
       else metricsGrid.append(card.el);
       metricFilter.hidden = cards.size < 9;
@@ -279,12 +280,12 @@ export function mount(ctx) {
   // --- header / side panel ---
   function renderHead() {
     document.title = `${run.name} · runstream`;
-    clear(crumbs).append(h("a", { href: "#/" }, "Runs"), h("span.sep", "/"),
+    put(crumbs, h("a", { href: "#/" }, "Runs"), h("span.sep", "/"),
       h("a", { href: `#/?experiment=${encodeURIComponent(run.experiment)}` }, run.experiment));
     if (run.parent) crumbs.append(h("span.sep", "/"), h("a", { href: `#/runs/${encodeURIComponent(run.parent)}` }, "parent run"));
     title.textContent = run.name;
     setBadge(badge, run.status);
-    clear(metaLine).append(
+    put(metaLine, 
       h("span", h("span.muted", "id "), h("code", run.id)),
       h("span", h("span.muted", "started "), timeEl(run.created_at)),
       h("span", h("span.muted", "duration "), h("span.duration", duration(run.created_at, run.ended_at))),
@@ -316,17 +317,17 @@ export function mount(ctx) {
     try {
       files = await api.files(id);
     } catch (e) {
-      clear(filesCard).append(h("h2", "Files"), h("p.muted", `Could not list files: ${e.message}`));
+      put(filesCard, h("h2", "Files"), h("p.muted", `Could not list files: ${e.message}`));
       return;
     }
     if (disposed) return;
     const images = files.filter((f) => f.kind === "image");
     const others = files.filter((f) => f.kind !== "image");
-    clear(filesCard).append(h("h2", `Files (${others.length})`), others.length
+    put(filesCard, h("h2", `Files (${others.length})`), others.length
       ? h("ul.files", others.map((f) => h("li", h("a", { href: fileUrl(id, f.path), download: f.path.split("/").pop() }, f.path), h("span.muted", fmtBytes(f.size)))))
       : h("p.muted", "No files"));
     imagesSec.hidden = !images.length;
-    clear(imagesGrid).append(...images.map((f) => h("figure.card",
+    put(imagesGrid, ...images.map((f) => h("figure.card",
       h("a", { href: fileUrl(id, f.path), target: "_blank", rel: "noopener" }, h("img", { src: fileUrl(id, f.path), alt: f.name || f.path, loading: "lazy" })),
       h("figcaption", f.name || f.path))));
   }
@@ -372,7 +373,7 @@ export function mount(ctx) {
       run = await api.run(id);
     } catch (e) {
       if (disposed) return false;
-      clear(notice).append(e instanceof ApiError && e.status === 404
+      put(notice, e instanceof ApiError && e.status === 404
         ? message("info", `Run ${id} is not known yet. This page will fill in as soon as it reports.`)
         : message("error", `Could not load the run: ${e.message}`));
       return false;
@@ -380,7 +381,7 @@ export function mount(ctx) {
     if (disposed) return false;
     renderHead();
     renderSide();
-    for (const [name, sm] of Object.entries(run.metrics || {})) {
+    for (const [name, sm] of Object.entries(run.metrics || {}).sort(([a], [b]) => byName(a, b))) {
       const card = ensureCard(name, sm);
       card.summary = { ...sm };
       card.renderStats();

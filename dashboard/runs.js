@@ -1,7 +1,7 @@
 // Runs list: experiment picker, sortable paged table with live status and metric columns, selection for compare.
 import { api, live } from "./api.js";
 import {
-  clear, duration, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, STATUSES, tagChips, throttle, timeEl,
+  clear, put, duration, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, STATUSES, tagChips, throttle, timeEl,
 } from "./util.js";
 
 const selected = new Set(); // survives navigation within the session
@@ -40,7 +40,7 @@ export function mount(ctx) {
   let disposed = false;
   let rows = new Map(); // id -> {run, tr, cells}
   const knownMetrics = new Set();
-  const elsewhere = new Set(); // run ids seen live that are not on this page
+  const known = new Set(); // run ids the page has seen (rows, snapshots); a new id means a new run
   const subs = new Map(); // experiment -> unsubscribe
   let abort = null;
 
@@ -83,7 +83,7 @@ export function mount(ctx) {
 
   // --- metric columns ---
   function renderMetricChips() {
-    clear(metricChips).append(...state.metrics.map((m) => h("span.chip.removable", m,
+    put(metricChips, ...state.metrics.map((m) => h("span.chip.removable", m,
       h("button", { type: "button", title: `remove ${m}`, "aria-label": `remove ${m}`, onclick: () => removeMetric(m) }, "×"))));
   }
   function setMetrics(list) {
@@ -106,10 +106,12 @@ export function mount(ctx) {
     let added = false;
     for (const n of names) if (!knownMetrics.has(n)) { knownMetrics.add(n); added = true; }
     if (!added) return;
-    clear(datalist).append(...[...knownMetrics].sort().map((n) => h("option", { value: n })));
+    put(datalist, ...[...knownMetrics].sort().map((n) => h("option", { value: n })));
     if (!state.metricsChosen && !state.metrics.length && knownMetrics.size) {
       // a sensible default: the first two metrics, without pinning the choice
-      state.metrics = [...knownMetrics].sort().slice(0, 2);
+      const names = [...knownMetrics].sort();
+      const key = names.filter((n) => /loss|mse|rmse|mae|acc|error|score|reward|f1|auc/i.test(n));
+      state.metrics = [...key, ...names.filter((n) => !key.includes(n))].slice(0, 2);
       renderMetricChips();
       reload();
     }
@@ -140,7 +142,10 @@ export function mount(ctx) {
     all.indeterminate = !all.checked && allOnPage.some((id) => selected.has(id));
     all.addEventListener("change", () => {
       for (const id of allOnPage) all.checked ? selected.add(id) : selected.delete(id);
-      for (const r of rows.values()) r.check.checked = selected.has(r.run.id);
+      for (const r of rows.values()) {
+        r.check.checked = selected.has(r.run.id);
+        r.tr.classList.toggle("selected", r.check.checked);
+      }
       renderSelBar();
     });
     const top = h("tr", h("th.check", { rowspan: 2 }, all), sortable("Status", "status", "", null), sortable("Name", "name"),
@@ -149,7 +154,7 @@ export function mount(ctx) {
       state.metrics.map((m) => h("th.metric-group", { colspan: 3, title: m }, m)));
     for (const th of [...top.children].slice(1)) if (!th.classList.contains("metric-group")) th.rowSpan = 2;
     const sub = h("tr.sub", state.metrics.flatMap((m) => STATS.map((s) => sortable(s, `metric.${m}:${s}`, "num", `sort by ${s} of ${m}`))));
-    clear(thead).append(top, sub);
+    put(thead, top, sub);
   }
 
   // --- rows ---
@@ -161,6 +166,7 @@ export function mount(ctx) {
     check.checked = selected.has(run.id);
     check.addEventListener("change", () => {
       check.checked ? selected.add(run.id) : selected.delete(run.id);
+      tr.classList.toggle("selected", check.checked);
       renderSelBar();
       renderHead();
     });
@@ -169,7 +175,7 @@ export function mount(ctx) {
     const dur = h("td.time", duration(run.created_at, run.ended_at));
     const mcells = metricCells(run);
     const href = `#/runs/${encodeURIComponent(run.id)}`;
-    const tr = h("tr", { dataset: { run: run.id } },
+    const tr = h(`tr${selected.has(run.id) ? ".selected" : ""}`, { dataset: { run: run.id } },
       h("td.check", check), h("td", badge),
       h("td.name", h("a", { href, title: run.id }, run.name || run.id), run.parent ? h("span.muted.child", " child") : null),
       state.experiment ? null : h("td", h("a.muted-link", { href: `#/?experiment=${encodeURIComponent(run.experiment)}` }, run.experiment)),
@@ -184,7 +190,7 @@ export function mount(ctx) {
       rows.set(run.id, r);
       frag.append(r.tr);
     }
-    clear(tbody).append(frag);
+    put(tbody, frag);
     if (!list.length) {
       tbody.append(h("tr", h("td.empty-row", { colSpan: 9 + state.metrics.length * 3 },
         state.total ? "No runs on this page." : "No runs yet. Start one with Experiment(\"name\").start_logging().")));
@@ -212,7 +218,7 @@ export function mount(ctx) {
     size.value = String(state.limit);
     const page = Math.floor(state.offset / state.limit) + 1;
     const pages = Math.max(1, Math.ceil(state.total / state.limit));
-    clear(pager).append(
+    put(pager, 
       h("span.muted", `${from.toLocaleString()}–${to.toLocaleString()} of ${state.total.toLocaleString()}`),
       h("span.spacer"),
       size,
@@ -230,9 +236,9 @@ export function mount(ctx) {
     const ids = [...selected];
     const q = new URLSearchParams({ runs: ids.join(",") });
     if (state.metrics.length) q.set("metrics", state.metrics.join(","));
-    clear(selBar).append(
+    put(selBar, 
       h("span", `${n} run${n === 1 ? "" : "s"} selected`),
-      h("button.small.ghost", { type: "button", onclick: () => { selected.clear(); for (const r of rows.values()) r.check.checked = false; renderSelBar(); renderHead(); } }, "Clear"),
+      h("button.small.ghost", { type: "button", onclick: () => { selected.clear(); for (const r of rows.values()) { r.check.checked = false; r.tr.classList.remove("selected"); } renderSelBar(); renderHead(); } }, "Clear"),
       h("a.btn.primary", { href: `#/compare?${q}`, "aria-disabled": n < 1 ? "true" : null }, `Compare ${n}`),
     );
   }
@@ -253,7 +259,7 @@ export function mount(ctx) {
     } catch (e) {
       if (e.name === "AbortError" || disposed) return;
       root.classList.remove("loading");
-      clear(notice).append(message("error", `Could not load runs: ${e.message}`));
+      put(notice, message("error", `Could not load runs: ${e.message}`));
       return;
     }
     if (disposed || abort !== ctrl) return;
@@ -265,7 +271,7 @@ export function mount(ctx) {
       reload();
       return;
     }
-    elsewhere.clear();
+    for (const r of res.runs) known.add(r.id);
     renderRows(res.runs);
     renderHead();
     renderPager();
@@ -277,15 +283,16 @@ export function mount(ctx) {
   function applyUpdate(msg) {
     const r = rows.get(msg.run);
     if (!r) {
-      if (!elsewhere.has(msg.run)) {
-        elsewhere.add(msg.run);
-        if (state.offset === 0) reloadSoon(); // probably a new run
+      if (!known.has(msg.run)) {
+        known.add(msg.run);
+        if (state.offset === 0) reloadSoon(); // a new run: show it
       }
       if (msg.metrics) learnMetrics(Object.keys(msg.metrics));
       return;
     }
     const run = r.run;
     if (msg.status) {
+      expSoon();
       run.status = msg.status;
       if (["Completed", "Failed", "Canceled"].includes(msg.status)) run.ended_at = msg.server_time;
     }
@@ -310,6 +317,7 @@ export function mount(ctx) {
   }
   function applySnapshot(msg) {
     for (const s of msg.runs || []) {
+      known.add(s.id);
       learnMetrics(Object.keys(s.metrics || {}));
       const r = rows.get(s.id);
       if (!r) continue;
@@ -337,20 +345,22 @@ export function mount(ctx) {
     try {
       experiments = await api.experiments();
     } catch (e) {
-      clear(notice).append(message("error", `Could not load experiments: ${e.message}`));
+      put(notice, message("error", `Could not load experiments: ${e.message}`));
       return;
     }
     if (disposed) return;
-    clear(expSelect).append(h("option", { value: "" }, "All experiments"),
+    put(expSelect, h("option", { value: "" }, "All experiments"),
       experiments.map((x) => h("option", { value: x.name }, `${x.name} (${x.runs}${x.running ? `, ${x.running} running` : ""})`)));
     if (state.experiment && !experiments.some((x) => x.name === state.experiment)) expSelect.append(h("option", { value: state.experiment }, state.experiment));
     expSelect.value = state.experiment;
     subscribeLive(state.experiment ? [state.experiment] : experiments.map((x) => x.name));
   }
+  const expSoon = throttle(() => { if (!disposed) loadExperiments(); }, 5000);
   function onExperimentChange() {
     const stored = storedMetrics(state.experiment);
     if (stored) { state.metrics = stored; state.metricsChosen = true; }
     knownMetrics.clear();
+    known.clear();
     renderMetricChips();
     subscribeLive(state.experiment ? [state.experiment] : experiments.map((x) => x.name));
     reload();

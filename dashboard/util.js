@@ -32,6 +32,13 @@ function append(el, children) {
   }
 }
 
+/** Replace el's children; accepts nested arrays, skips null/false. */
+export function put(el, ...children) {
+  clear(el);
+  append(el, children);
+  return el;
+}
+
 export function clear(el) {
   while (el.firstChild) el.removeChild(el.firstChild);
   return el;
