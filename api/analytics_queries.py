@@ -148,7 +148,7 @@ def aggregate(
         raise BadQuery("give `experiment` or `runs` (or both)")
     if not 1 <= max_points <= MAX_AGGREGATE_POINTS:
         raise BadQuery(f"max_points must be between 1 and {MAX_AGGREGATE_POINTS}")
-    params: dict[str, Any] = {"metric": metric, "max_points": max_points}
+    params: dict[str, Any] = {}
     key = _group_key(group_by, params)
     where = [_scope(project, params)]
     if experiment is not None:
@@ -159,43 +159,48 @@ def aggregate(
             raise BadQuery("at most 100000 runs")
         params["runs"] = runs
         where.append("run_id IN {runs:Array(String)}")
-    groups_sql = f"SELECT project, run_id, {key} AS key FROM runs FINAL WHERE {' AND '.join(where)}"
-    # The runs set (small) is the right side of the join and also prunes the
-    # metric_points scan through its primary key (project, run_id, metric, step).
+    members = store.query_rows(f"SELECT project, run_id, {key} AS key FROM runs FINAL WHERE {' AND '.join(where)}", params)
+    if not members:
+        return {"metric": metric, "group_by": group_by or "none", "experiment": experiment, "max_points": max_points, "groups": []}
+    # Runs and their group keys are bound as arrays: no join, and the (project,
+    # run_id, metric) prefix of metric_points' primary key prunes the scan.
+    pts_params: dict[str, Any] = {
+        "metric": metric,
+        "pairs": [(p, r) for p, r, _ in members],
+        "ids": [r for _, r, _ in members],
+        "keys": [k for _, _, k in members],
+    }
+    points = "FROM metric_points WHERE (project, run_id) IN {pairs:Array(Tuple(String, String))} AND metric = {metric:String} AND isFinite(value)"
+    key_of = "transform(run_id, {ids:Array(String)}, {keys:Array(String)}, '')"
+    # Pass 1 (steps only): each group's first step and bucket width.
+    shapes = store.query_rows(
+        f"SELECT {key_of} AS key, min(step), max(step), uniqExact(step), uniqExact(run_id) {points} GROUP BY key ORDER BY key", pts_params
+    )
+    pts_params.update(
+        {
+            "g": [k for k, *_ in shapes],
+            "first": [int(lo) for _, lo, _, _, _ in shapes],
+            "width": [(int(hi) - int(lo)) // max_points + 1 if int(n) > max_points else 1 for _, lo, hi, n, _ in shapes],
+        }
+    )
+    n_runs = {k: int(r) for k, _, _, _, r in shapes}
+    bucket = "intDiv(step - transform(key, {g:Array(String)}, {first:Array(Int64)}, 0), transform(key, {g:Array(String)}, {width:Array(Int64)}, 1))"
+    # Pass 2: per run and bucket, then across runs per bucket.
     sql = f"""
-    WITH pts AS (
-        SELECT g.key AS key, p.run_id AS run_id, p.step AS step, p.value AS value
-        FROM metric_points AS p
-        INNER JOIN ({groups_sql}) AS g ON p.project = g.project AND p.run_id = g.run_id
-        WHERE p.metric = {{metric:String}} AND (p.project, p.run_id) IN (SELECT project, run_id FROM ({groups_sql}))
-              AND isFinite(p.value)
-    ),
-    shape AS (
-        SELECT key, min(step) AS first_step, uniqExact(run_id) AS n_runs,
-               if(uniqExact(step) > {{max_points:UInt32}}, intDiv(max(step) - min(step), {{max_points:UInt32}}) + 1, 1) AS width
-        FROM pts GROUP BY key
-    )
-    SELECT key, any(n_runs) AS n_runs, arraySort(groupArray((b, step, mean, std, lo, hi, n))) AS buckets
-    FROM (
-        SELECT key, b, min(s) AS step, avg(v) AS mean, stddevPop(v) AS std, min(lo) AS lo, max(hi) AS hi, count() AS n,
-               any(n_runs) AS n_runs
+    SELECT key, arraySort(groupArray((b, s, mean, std, lo, hi, n))) AS buckets FROM (
+        SELECT key, b, min(s) AS s, avg(v) AS mean, stddevPop(v) AS std, min(lo) AS lo, max(hi) AS hi, count() AS n
         FROM (
-            SELECT pts.key AS key, pts.run_id AS run_id, intDiv(pts.step - shape.first_step, shape.width) AS b,
-                   min(pts.step) AS s, avg(pts.value) AS v, min(pts.value) AS lo, max(pts.value) AS hi, any(shape.n_runs) AS n_runs
-            FROM pts INNER JOIN shape ON pts.key = shape.key
-            GROUP BY key, run_id, b
-        )
-        GROUP BY key, b
-    )
-    GROUP BY key ORDER BY key
+            SELECT {key_of} AS key, run_id, {bucket} AS b, min(step) AS s, avg(value) AS v, min(value) AS lo, max(value) AS hi
+            {points} GROUP BY key, run_id, b
+        ) GROUP BY key, b
+    ) GROUP BY key ORDER BY key
     """
     groups = []
-    for r in store.query_dicts(sql, params):
-        buckets = r["buckets"]
+    for k, buckets in store.query_rows(sql, pts_params):
         groups.append(
             {
-                "key": r["key"],
-                "runs": int(r["n_runs"]),
+                "key": k,
+                "runs": n_runs.get(k, 0),
                 "steps": [int(b[1]) for b in buckets],
                 "mean": [clean(float(b[2])) for b in buckets],
                 "std": [clean(float(b[3])) for b in buckets],

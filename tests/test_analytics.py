@@ -443,3 +443,20 @@ def test_engine_layers_refuse_without_the_lexer(store: Store, client: TestClient
         assert r.json()["detail"], sql
     assert storage_fingerprint(store, sql_data.project) == before
     assert not os.path.exists("/tmp/runstream-analytics-evil.csv")
+
+
+def test_client_query_helper(client: TestClient, sql_data: Fixture) -> None:
+    import pandas as pd
+
+    from ingest.query import QueryError, query
+
+    sql = f"SELECT run_id, count FROM metric_summaries WHERE project = '{sql_data.project}' AND metric = 'mse' ORDER BY run_id"
+    frame = query(sql, client=client)
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == ["run_id", "count"]
+    assert frame["run_id"].tolist() == sorted(sql_data.runs)
+    assert frame["count"].tolist() == [len(sql_data.runs[r]["mse"][1]) for r in sorted(sql_data.runs)]
+    assert query(sql, client=client, format="parquet")["run_id"].tolist() == sorted(sql_data.runs)
+    assert query(sql, client=client, format="csv").startswith("run_id,count\n")
+    with pytest.raises(QueryError) as info:
+        query("DROP TABLE runs", client=client)
+    assert info.value.status == 403
