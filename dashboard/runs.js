@@ -1,7 +1,7 @@
 // Runs list: experiment picker, sortable paged table with live status and metric columns, selection for compare.
 import { api, live } from "./api.js";
 import {
-  clear, put, duration, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, STATUSES, tagChips, throttle, timeEl,
+  clear, put, duration, fmtNum, frameThrottle, h, isNum, message, relTime, setBadge, setText, statusBadge, STATUSES, tagChips, throttle, timeEl,
 } from "./util.js";
 
 const selected = new Set(); // survives navigation within the session
@@ -196,18 +196,21 @@ export function mount(ctx) {
         state.total ? "No runs on this page." : "No runs yet. Start one with Experiment(\"name\").start_logging().")));
     }
   }
-  const flush = rafThrottle(() => {
+  // live rows re-render at most 4 times a second, in an animation frame, touching only changed text
+  const flush = frameThrottle(() => {
+    if (disposed) return;
+    const now = Date.now() / 1000;
     for (const r of rows.values()) {
       if (!r.dirty) continue;
       r.dirty = false;
-      setBadge(r.badge, r.run.status);
+      if (!r.badge.classList.contains(`st-${(r.run.status || "unknown").toLowerCase()}`)) setBadge(r.badge, r.run.status);
       const t = r.lastSeen.firstChild;
       t.dataset.ts = r.run.last_seen || "";
-      t.textContent = "just now";
-      r.dur.textContent = duration(r.run.created_at, r.run.ended_at);
-      state.metrics.forEach((m, i) => STATS.forEach((s, j) => { r.mcells[i][j].textContent = fmtNum(r.run.metrics?.[m]?.[s] ?? null); }));
+      setText(t, relTime(r.run.last_seen, now));
+      setText(r.dur, duration(r.run.created_at, r.run.ended_at));
+      state.metrics.forEach((m, i) => STATS.forEach((s, j) => setText(r.mcells[i][j], fmtNum(r.run.metrics?.[m]?.[s] ?? null))));
     }
-  });
+  }, 250);
 
   // --- paging & selection ---
   function renderPager() {
@@ -372,7 +375,7 @@ export function mount(ctx) {
   reload();
   const expTimer = setInterval(() => { if (!state.experiment) loadExperiments(); }, 30000);
   const durTimer = setInterval(() => {
-    for (const r of rows.values()) if (!r.run.ended_at && r.run.status === "Running") r.dur.textContent = duration(r.run.created_at, null);
+    for (const r of rows.values()) if (!r.run.ended_at && r.run.status === "Running") setText(r.dur, duration(r.run.created_at, null));
   }, 5000);
 
   return () => {

@@ -104,7 +104,10 @@ export function refreshTimes(root = document) {
   const now = Date.now() / 1000;
   for (const el of root.querySelectorAll("time.rel")) {
     const ts = Number(el.dataset.ts);
-    if (ts) el.textContent = relTime(ts, now);
+    if (ts) {
+      const t = relTime(ts, now);
+      if (el.textContent !== t) el.textContent = t;
+    }
   }
 }
 
@@ -133,6 +136,17 @@ export function rafThrottle(fn) {
       fn();
     });
   };
+}
+
+/** Like rafThrottle, but at most one frame per `ms` (for big tables under a storm of updates). */
+export function frameThrottle(fn, ms) {
+  const t = throttle(() => requestAnimationFrame(() => fn()), ms);
+  return t;
+}
+
+/** Set text only when it changed: avoids needless style/layout work. */
+export function setText(el, text) {
+  if (el.textContent !== text) el.textContent = text;
 }
 
 /** At most one call per `ms`, trailing call guaranteed. */
