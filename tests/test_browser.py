@@ -210,6 +210,12 @@ def test_dashboard_live_run_page_runs_list_and_compare(stack: Stack, settings: S
         page.wait_for_selector(".compare-page .chart.agg[data-points], .compare-page .msg")
         page.screenshot(path=str(test_output / "dashboard-compare.png"), full_page=True)
 
+        # --- dark theme (prefers-color-scheme) on the run page ---
+        page.emulate_media(color_scheme="dark")
+        page.goto(f"{stack.api_url}/#/runs/{run.id}")
+        page.wait_for_function("() => Number(document.querySelector('.chart[data-metric=\"loss\"]')?.dataset.points) >= 90")
+        page.screenshot(path=str(test_output / "dashboard-run-dark.png"), full_page=False)
+
         assert console.errors == [], console.errors
     except Exception:
         page.screenshot(path=str(test_output / "dashboard-failure.png"), full_page=True)
