@@ -162,45 +162,62 @@ def aggregate(
     members = store.query_rows(f"SELECT project, run_id, {key} AS key FROM runs FINAL WHERE {' AND '.join(where)}", params)
     if not members:
         return {"metric": metric, "group_by": group_by or "none", "experiment": experiment, "max_points": max_points, "groups": []}
-    # Runs and their group keys are bound as arrays: no join, and the (project,
-    # run_id, metric) prefix of metric_points' primary key prunes the scan.
+    # Runs and their groups are bound as arrays (no join), numbered so that the
+    # GROUP BYs below are on integers rather than strings; the filter on
+    # (project, metric, run_id) uses the by_metric projection of metric_points.
+    projects = sorted({p for p, _, _ in members})
+    keys = sorted({k for _, _, k in members})
+    group_no = {k: i + 1 for i, k in enumerate(keys)}
+    single = len(projects) == 1
     pts_params: dict[str, Any] = {
         "metric": metric,
-        "pairs": [(p, r) for p, r, _ in members],
-        "ids": [r for _, r, _ in members],
-        "keys": [k for _, _, k in members],
+        "projects": projects,
+        "run_ids": sorted({r for _, r, _ in members}),
+        "ids": [r if single else f"{p}\x00{r}" for p, r, _ in members],
+        "nums": list(range(1, len(members) + 1)),
+        "run_group": [group_no[k] for _, _, k in members],
     }
-    points = "FROM metric_points WHERE (project, run_id) IN {pairs:Array(Tuple(String, String))} AND metric = {metric:String} AND isFinite(value)"
-    key_of = "transform(run_id, {ids:Array(String)}, {keys:Array(String)}, '')"
-    # Pass 1 (steps only): each group's first step and bucket width.
-    shapes = store.query_rows(
-        f"SELECT {key_of} AS key, min(step), max(step), uniqExact(step), uniqExact(run_id) {points} GROUP BY key ORDER BY key", pts_params
+    run_key = "run_id" if single else "concat(project, char(0), run_id)"
+    points = (
+        f"FROM (SELECT transform({run_key}, {{ids:Array(String)}}, {{nums:Array(UInt32)}}, toUInt32(0)) AS ri, "
+        "if(ri = 0, 0, arrayElement({run_group:Array(UInt32)}, ri)) AS gi, step, value FROM metric_points "
+        "WHERE project IN {projects:Array(String)} AND metric = {metric:String} AND run_id IN {run_ids:Array(String)} AND isFinite(value)) "
+        "WHERE ri > 0"
     )
-    pts_params.update(
-        {
-            "g": [k for k, *_ in shapes],
-            "first": [int(lo) for _, lo, _, _, _ in shapes],
-            "width": [(int(hi) - int(lo)) // max_points + 1 if int(n) > max_points else 1 for _, lo, hi, n, _ in shapes],
-        }
-    )
-    n_runs = {k: int(r) for k, _, _, _, r in shapes}
-    bucket = "intDiv(step - transform(key, {g:Array(String)}, {first:Array(Int64)}, 0), transform(key, {g:Array(String)}, {width:Array(Int64)}, 1))"
-    # Pass 2: per run and bucket, then across runs per bucket.
+    bucket = "intDiv(step - arrayElement({first:Array(Int64)}, gi), arrayElement({width:Array(Int64)}, gi))"
+    # Per run and bucket, then across runs per bucket; groupArray(cap) bounds
+    # what a group that turns out to need bucketing sends back.
     sql = f"""
-    SELECT key, arraySort(groupArray((b, s, mean, std, lo, hi, n))) AS buckets FROM (
-        SELECT key, b, min(s) AS s, avg(v) AS mean, stddevPop(v) AS std, min(lo) AS lo, max(hi) AS hi, count() AS n
+    SELECT gi, count() AS n_buckets, groupBitmapMerge(run_set) AS n_runs,
+           arraySort(groupArray({{cap:UInt32}})((b, s, mean, std, lo, hi, n))) AS buckets
+    FROM (
+        SELECT gi, b, min(s) AS s, avg(v) AS mean, stddevPop(v) AS std, min(lo) AS lo, max(hi) AS hi, count() AS n, groupBitmapState(ri) AS run_set
         FROM (
-            SELECT {key_of} AS key, run_id, {bucket} AS b, min(step) AS s, avg(value) AS v, min(value) AS lo, max(value) AS hi
-            {points} GROUP BY key, run_id, b
-        ) GROUP BY key, b
-    ) GROUP BY key ORDER BY key
+            SELECT gi, ri, {bucket} AS b, min(step) AS s, avg(value) AS v, min(value) AS lo, max(value) AS hi
+            {points} GROUP BY gi, ri, b
+        ) GROUP BY gi, b
+    ) GROUP BY gi ORDER BY gi
     """
+    # Optimistic pass: one bucket per step. Only when a group has more steps
+    # than max_points is its shape measured and the pass repeated with buckets.
+    n_groups = len(keys)
+    pts_params.update({"first": [0] * n_groups, "width": [1] * n_groups, "cap": max_points + 1})
+    rows = store.query_rows(sql, pts_params)
+    if any(int(n_buckets) > max_points for _, n_buckets, _, _ in rows):
+        shape_sql = f"SELECT gi, min(step), max(step), uniqExact(step) {points} GROUP BY gi"
+        width, first = [1] * n_groups, [0] * n_groups
+        for g, lo, hi, n_steps in store.query_rows(shape_sql, pts_params):
+            first[int(g) - 1] = int(lo)
+            if int(n_steps) > max_points:
+                width[int(g) - 1] = (int(hi) - int(lo)) // max_points + 1
+        pts_params.update({"first": first, "width": width})
+        rows = store.query_rows(sql, pts_params)
     groups = []
-    for k, buckets in store.query_rows(sql, pts_params):
+    for g, _, n_runs, buckets in rows:
         groups.append(
             {
-                "key": k,
-                "runs": n_runs.get(k, 0),
+                "key": keys[int(g) - 1],
+                "runs": int(n_runs),
                 "steps": [int(b[1]) for b in buckets],
                 "mean": [clean(float(b[2])) for b in buckets],
                 "std": [clean(float(b[3])) for b in buckets],

@@ -118,6 +118,20 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             ) ENGINE = ReplacingMergeTree(version) ORDER BY (project, run_id)""",
         ],
     ),
+    (
+        2,
+        [
+            # Analytics (issue 4, docs/analytics.md): reads of one metric across
+            # many runs (aggregate, grouped mean +- std) touch one granule per
+            # run in the (project, run_id, metric, step) order; this projection
+            # keeps a metric's runs adjacent, so 1,000 runs read ~1 M rows, not
+            # ~10 M. Parts written before this migration are read in the base
+            # order until `ALTER TABLE metric_points MATERIALIZE PROJECTION
+            # by_metric` (a background mutation) rebuilds them.
+            """ALTER TABLE metric_points ADD PROJECTION IF NOT EXISTS by_metric
+            (SELECT project, metric, run_id, step, value ORDER BY project, metric, run_id, step)""",
+        ],
+    ),
 ]
 
 
