@@ -208,7 +208,9 @@ def main() -> None:
             lambda: get("/api/v1/aggregate", experiment=agg_experiment, metric="loss", group_by="tag.lr", max_points=1000),
         ),
     ]
-    print(f"\n{'query':<44} {'p50 ms':>9} {'max ms':>9}  bar ({BAR_MS:.0f} ms)")
+    # The machine may be shared: the load average says how much the figures are disturbed.
+    print(f"\nload average before timing: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(f"{'query':<44} {'p50 ms':>9} {'max ms':>9}  bar ({BAR_MS:.0f} ms)")
     for name, fn in cases:
         p50, worst, result = timed(fn, args.reps)
         check = ""
@@ -219,6 +221,7 @@ def main() -> None:
         elif "runs" in result:
             check = f"  [{len(result['runs'])} runs]"
         print(f"{name:<44} {p50:>9.1f} {worst:>9.1f}  {'met' if p50 < BAR_MS else 'MISSED'}{check}", flush=True)
+    print(f"load average after timing: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     client.close()
 
 
