@@ -460,3 +460,25 @@ def test_client_query_helper(client: TestClient, sql_data: Fixture) -> None:
     with pytest.raises(QueryError) as info:
         query("DROP TABLE runs", client=client)
     assert info.value.status == 403
+
+
+def test_query_limits_are_honoured_by_the_engine(store: Store, client: TestClient, sql_data: Fixture) -> None:
+    total = sum(len(m[1]) for r in sql_data.runs.values() for m in r.values())
+    where = f"WHERE project = '{sql_data.project}'"
+    # The result-row cap applies to the result only, not to subqueries.
+    r = q(
+        client,
+        f"SELECT count() FROM (SELECT run_id FROM metric_points {where}) WHERE run_id IN (SELECT run_id FROM metric_points {where})",
+        max_rows=1,
+    )
+    assert r.status_code == 200 and r.json()["rows"] == [[total]] and r.json()["truncated"] is False
+    big = new_fixture(3, {"big": 40_000}, seed=9)  # enough rows for several blocks: the read limit is checked per block
+    insert_runs(store, big)
+    engine = SqlEngine(store, Limits(max_rows_to_read=1000))
+    with pytest.raises(QueryRefused) as info:
+        engine.run(f"SELECT sum(value) FROM metric_points WHERE project = '{big.project}'", None)
+    assert info.value.status == 422 and "rows" in str(info.value).lower()
+    engine = SqlEngine(store, Limits(max_memory_bytes=4 * 1024 * 1024))
+    with pytest.raises(QueryRefused) as info:
+        engine.run(f"SELECT groupArray(run_id), groupArray(toString(value)) FROM metric_points WHERE project = '{big.project}'", None)
+    assert info.value.status == 422 and "memory" in str(info.value).lower()
