@@ -97,6 +97,7 @@ class Run:
         self._logs: dict[str, tuple[list[str], list[float]]] = {}
         self._pending: list[tuple[dict[str, Any], int]] = []
         self._points_logged = 0
+        self._buffered = 0  # points logged and not yet acknowledged by Kafka
         self._files: list[str] = []
         self._shipper = shipper or get_shipper(self.settings)
         self._shipper.register(self)
@@ -165,10 +166,11 @@ class Run:
         elif type(step) is not int:
             step = self._check_step(step)
         self._next_step[idx] = step + 1
-        if not self._shipper.reserve(1):
+        if self._shipper.over_limit:
+            self._shipper.drop(1)
             return
-        buf = self._buf
         with self._lock:
+            buf = self._buf  # read under the lock: the shipper swaps buffers
             if type(value) is float and -_INF < value < _INF:
                 buf.v.append(value)
             else:
@@ -176,6 +178,7 @@ class Run:
             buf.m.append(idx)
             buf.s.append(step)
             buf.t.append(_time())
+            self._buffered += 1
             full = len(buf.m) >= EVENT_POINTS
         self._points_logged += 1
         if full:
@@ -216,12 +219,13 @@ class Run:
             items.append((idx, value))
         if step is not None and type(step) is not int:
             step = self._check_step(step)
-        if not self._shipper.reserve(len(items)):
+        if self._shipper.over_limit:
+            self._shipper.drop(len(items))
             return
         next_step = self._next_step
-        buf = self._buf
         now = _time()
         with self._lock:
+            buf = self._buf  # read under the lock: the shipper swaps buffers
             for idx, value in items:
                 s = next_step[idx] if step is None else step
                 next_step[idx] = s + 1
@@ -232,6 +236,7 @@ class Run:
                 buf.m.append(idx)
                 buf.s.append(s)
                 buf.t.append(now)
+            self._buffered += len(items)
             full = len(buf.m) >= EVENT_POINTS
         self._points_logged += len(items)
         if full:
@@ -245,11 +250,14 @@ class Run:
         idx = self._name_idx.get(name)
         if idx is None:
             idx = self._register(name, description)
-        if not values or not self._shipper.reserve(len(values)):
+        if not values:
             return
-        buf = self._buf
+        if self._shipper.over_limit:
+            self._shipper.drop(len(values))
+            return
         now = _time()
         with self._lock:
+            buf = self._buf  # read under the lock: the shipper swaps buffers
             start = self._next_step[idx]
             for i, v in enumerate(values):
                 if type(v) is float and -_INF < v < _INF:
@@ -260,6 +268,7 @@ class Run:
                 buf.s.append(start + i)
                 buf.t.append(now)
             self._next_step[idx] = start + len(values)
+            self._buffered += len(values)
         self._points_logged += len(values)
 
     # --- rows and tables ---
@@ -471,6 +480,11 @@ class Run:
             self._seal()
             events, self._pending = self._pending, []
         return events
+
+    def _acked(self, points: int) -> None:
+        if points:
+            with self._lock:
+                self._buffered -= points
 
     def _requeue(self, events: list[tuple[dict[str, Any], int]]) -> None:
         with self._lock:

@@ -40,7 +40,8 @@ class Shipper:
         self.settings = settings
         self.linger = linger
         self.max_buffered_points = max_buffered_points
-        self.buffered_points = 0  # approximate across threads; a bound, not an account
+        self.buffered_points = 0  # recomputed by the shipper thread from the runs' exact counts
+        self.over_limit = False
         self.dropped_points = 0
         self.sent_events = 0
         self.acked_events = 0
@@ -71,20 +72,22 @@ class Shipper:
         """A buffer is full: drain now rather than at the next linger tick."""
         self._loop.call_soon_threadsafe(self._wake.set)
 
-    def reserve(self, n: int) -> bool:
-        """Account for n buffered points; False (and counted) when the memory bound is reached."""
-        if self.buffered_points + n > self.max_buffered_points:
-            self.dropped_points += n
-            if not self._warned_drop:
-                self._warned_drop = True
-                log.warning(
-                    "runstream: client buffer full (%d points) - Kafka at %s is not keeping up; dropping points (see shipper.dropped_points)",
-                    self.max_buffered_points,
-                    self.settings.kafka,
-                )
-            return False
-        self.buffered_points += n
-        return True
+    def drop(self, n: int) -> None:
+        """The memory bound is reached: count n points as dropped and warn once."""
+        self.dropped_points += n
+        if not self._warned_drop:
+            self._warned_drop = True
+            log.warning(
+                "runstream: client buffer full (%d points) - Kafka at %s is not keeping up; dropping points (see shipper.dropped_points)",
+                self.max_buffered_points,
+                self.settings.kafka,
+            )
+
+    def _recount(self) -> None:
+        # Exact per-run counts, summed off the training thread; logging calls read one flag.
+        total = sum(run._buffered for run in list(self._runs.values()))
+        self.buffered_points = total
+        self.over_limit = total >= self.max_buffered_points
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Block until every event sealed so far is acknowledged; False on timeout."""
@@ -142,6 +145,7 @@ class Shipper:
             except asyncio.TimeoutError:
                 pass
             self._wake.clear()
+            self._recount()
             now = time.time()
             if now - last_heartbeat >= HEARTBEAT_S:
                 last_heartbeat = now
@@ -198,7 +202,7 @@ class Shipper:
                 self._wake.set()
             else:
                 self.acked_events += 1
-                self.buffered_points = max(0, self.buffered_points - points)
+                run._acked(points)
 
         fut.add_done_callback(done)
 
