@@ -1,0 +1,162 @@
+"""Live latency: from run.log() in a training process to the WebSocket message in a subscriber.
+
+    .venv/bin/python bench/live.py [--runs 100] [--subscribers 50] [--seconds 20] [--rate 20]
+
+The main process hosts the pipeline (processor + api, as `runstream up`); one
+child process runs the training loops, another the WebSocket subscribers, so
+the three do not share a GIL. Each logged `lat` value is the wall-clock time of
+its log() call; a subscriber's latency for a point is its receive time minus
+that value. Half the subscribers watch the whole experiment (the runs list),
+half watch 4 runs each (run pages). Prints p50/p90/p99/max and the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def trainers(settings_dict: dict, runs: int, seconds: float, rate: float, ids_q: mp.Queue, start_evt, done_evt) -> None:  # type: ignore[no-untyped-def]
+    from ingest import Experiment
+    from runstream.config import Settings
+
+    settings = Settings().with_(**settings_dict)
+    exp = Experiment("bench-live", settings=settings)
+    handles = [exp.start_logging(name=f"live-{i}") for i in range(runs)]
+    for run in handles:
+        run.flush()
+    ids_q.put([r.id for r in handles])
+    start_evt.wait()
+    period = 1.0 / rate
+    end = time.time() + seconds
+    step = 0
+    next_tick = time.time()
+    while time.time() < end:
+        for run in handles:
+            run.log_metrics({f"m{j}": step * 0.1 + j for j in range(9)}, step=step)
+            run.log("lat", time.time(), step=step)
+        step += 1
+        next_tick += period
+        delay = next_tick - time.time()
+        if delay > 0:
+            time.sleep(delay)
+    for run in handles:
+        run.complete()
+    done_evt.set()
+
+
+def subscribers(url: str, ids: list[str], n: int, seconds: float, out_q: mp.Queue, ready_q: mp.Queue) -> None:  # type: ignore[no-untyped-def]
+    import websockets
+
+    latencies: list[float] = []
+    messages = [0]
+
+    async def one(i: int) -> None:
+        async with websockets.connect(url, max_size=None) as ws:
+            if i % 2 == 0:
+                await ws.send(json.dumps({"subscribe": {"experiment": "bench-live"}}))
+            else:
+                for k in range(4):
+                    await ws.send(json.dumps({"subscribe": {"run": ids[(i * 4 + k) % len(ids)]}}))
+            ready_q.put(i)
+            deadline = time.time() + seconds + 15
+            while time.time() < deadline:
+                try:
+                    raw = await asyncio.wait_for(ws.recv(), timeout=max(0.1, deadline - time.time()))
+                except asyncio.TimeoutError:
+                    break
+                now = time.time()
+                msg = json.loads(raw)
+                messages[0] += 1
+                slot = msg.get("metrics", {}).get("lat")
+                if slot:
+                    latencies.extend(now - v for v in slot["v"] if v is not None)
+                if msg.get("type") == "update" and msg.get("status") == "Completed" and i % 2:
+                    pass
+
+    async def main() -> None:
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    asyncio.run(main())
+    out_q.put((latencies, messages[0]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=100)
+    parser.add_argument("--subscribers", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rate", type=float, default=20.0, help="steps per second per run (10 points per step)")
+    parser.add_argument("--kafka")
+    args = parser.parse_args()
+
+    import uvicorn
+
+    from api.app import create_app
+    from bench.common import Pipeline, free_port, machine
+    from processor.consumer import Processor
+    from processor.store import get_store
+
+    pipe = Pipeline(args.kafka)
+    store = get_store(f"chdb://{pipe.home / 'clickhouse'}")
+    proc = Processor(pipe.settings, store, publish_live=True)
+    pipe.run(proc.start())
+    pipe.processors.append(proc)
+    pipe.stores.append(store)
+    port = free_port()
+    app = create_app(pipe.settings, store, proc)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    pipe.loop.call_soon_threadsafe(lambda: pipe.loop.create_task(server.serve()))
+    while not server.started:
+        time.sleep(0.05)
+    while not app.state.hub.ready.is_set():
+        time.sleep(0.05)
+    print(f"machine: {machine()}")
+    ctx = mp.get_context("spawn")
+    ids_q, out_q, ready_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
+    start_evt, done_evt = ctx.Event(), ctx.Event()
+    s = pipe.settings
+    settings_dict = {"home": s.home, "kafka": s.kafka, "topic_prefix": s.topic_prefix, "partitions": s.partitions, "api": f"http://127.0.0.1:{port}"}
+    t = ctx.Process(target=trainers, args=(settings_dict, args.runs, args.seconds, args.rate, ids_q, start_evt, done_evt))
+    t.start()
+    ids = ids_q.get(timeout=120)
+    sp = ctx.Process(target=subscribers, args=(f"ws://127.0.0.1:{port}/ws", ids, args.subscribers, args.seconds, out_q, ready_q))
+    sp.start()
+    for _ in range(args.subscribers):
+        ready_q.get(timeout=60)
+    time.sleep(1.0)  # let snapshots go out before the clock starts
+    start_evt.set()
+    latencies, messages = out_q.get(timeout=args.seconds + 120)
+    t.join(60)
+    sp.join(60)
+    hub = app.state.hub.stats
+    server.should_exit = True
+    pipe.close()
+    latencies.sort()
+    n = len(latencies)
+    if not n:
+        print("no latency samples received")
+        return
+
+    def pct(p: float) -> float:
+        return latencies[min(n - 1, int(p * n))] * 1000
+
+    points = args.runs * args.rate * args.seconds * 10
+    print(
+        f"workload: {args.runs} runs x {args.rate:g} steps/s x 10 metrics for {args.seconds:g} s (~{points / args.seconds:,.0f} points/s); "
+        f"{args.subscribers} subscribers (half on the experiment, half on 4 runs each)"
+    )
+    print(f"latency log() -> WebSocket over {n:,} samples: p50 {pct(0.5):.0f} ms, p90 {pct(0.9):.0f} ms, p99 {pct(0.99):.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    print(f"messages received: {messages:,}; hub: {hub}")
+
+
+if __name__ == "__main__":
+    main()
