@@ -81,20 +81,32 @@ class Subscriber:
         self.hub = hub
         self.targets: set[Target] = set()
         self.pending: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        # Encoded text of pending updates that were not merged: shared by every subscriber.
+        self.encoded: dict[str, str] = {}
         self.control: list[dict[str, Any]] = []
         self.wake = asyncio.Event()
         self.sent = 0
 
-    def offer(self, update: dict[str, Any]) -> None:
+    def offer(self, update: dict[str, Any], encoded: str | None = None) -> None:
         run = update["run"]
         pending = self.pending.get(run)
         if pending is None:
             if len(self.pending) >= MAX_PENDING_RUNS:
-                self.pending.popitem(last=False)
+                old, _ = self.pending.popitem(last=False)
+                self.encoded.pop(old, None)
                 self.hub.stats["dropped_by_coalescing"] += 1
-            self.pending[run] = {**update, "metrics": {k: {**v, "s": list(v["s"]), "v": list(v["v"])} for k, v in update.get("metrics", {}).items()}}
+            self.pending[run] = update
+            if encoded is not None:
+                self.encoded[run] = encoded
         else:
             self.hub.stats["coalesced"] += 1
+            if self.encoded.pop(run, None) is not None or pending is update:
+                # First merge: copy, since the original is shared with other subscribers.
+                pending = {**pending, "metrics": {k: {**v, "s": list(v["s"]), "v": list(v["v"])} for k, v in pending.get("metrics", {}).items()}}
+                for key in ("logs", "tables", "files"):
+                    if key in pending:
+                        pending[key] = list(pending[key])
+                self.pending[run] = pending
             if merge_update(pending, update):
                 self.hub.stats["dropped_by_coalescing"] += 1
         self.wake.set()
@@ -109,10 +121,11 @@ class Subscriber:
             self.wake.clear()
             while self.control or self.pending:
                 if self.control:
-                    message = self.control.pop(0)
+                    text = orjson.dumps(self.control.pop(0)).decode()
                 else:
-                    _, message = self.pending.popitem(last=False)
-                await self.ws.send_text(orjson.dumps(message).decode())
+                    run, message = self.pending.popitem(last=False)
+                    text = self.encoded.pop(run, None) or orjson.dumps(message).decode()
+                await self.ws.send_text(text)
                 self.sent += 1
                 self.hub.stats["messages_sent"] += 1
 
@@ -172,7 +185,7 @@ class LiveHub:
                                 update = orjson.loads(msg.value)
                             except orjson.JSONDecodeError:
                                 continue
-                            self.dispatch(update)
+                            self.dispatch(update, msg.value.decode())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -185,13 +198,15 @@ class LiveHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    def dispatch(self, update: dict[str, Any]) -> None:
+    def dispatch(self, update: dict[str, Any], encoded: str | None = None) -> None:
         self.stats["updates_in"] += 1
         targets = set(self.by_run.get(update.get("run", ""), ()))
         targets |= self.by_experiment.get(update.get("experiment", ""), set())
         for sub in targets:
             if sub.project is None or sub.project == update.get("project"):
-                sub.offer(update)
+                if encoded is None:
+                    encoded = orjson.dumps(update).decode()
+                sub.offer(update, encoded)
 
     def _index(self, target: Target) -> dict[str, set[Subscriber]]:
         return self.by_run if target[0] == "run" else self.by_experiment
@@ -293,6 +308,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 hub.unsubscribe(sub, target)
                 for run in [r for r, u in sub.pending.items() if u.get("run") == target[1] or u.get("experiment") == target[1]]:
                     sub.pending.pop(run, None)
+                    sub.encoded.pop(run, None)
                 sub.send_control({"type": "unsubscribed", "target": {target[0]: target[1]}})
             elif message.get("ping") is not None:
                 sub.send_control({"type": "pong", "server_time": time.time()})

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runstream.client")
 
-LINGER_S = 0.05
+LINGER_S = 0.025
 HEARTBEAT_S = 15.0
 DEFAULT_MAX_BUFFERED_POINTS = 2_000_000
 

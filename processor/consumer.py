@@ -124,7 +124,7 @@ class Processor:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_wait_ms=50,
+            fetch_max_wait_ms=20,
             session_timeout_ms=10_000,
             heartbeat_interval_ms=1_000,
         )
