@@ -100,7 +100,8 @@ class Subscriber:
                 self.encoded[run] = encoded
         else:
             self.hub.stats["coalesced"] += 1
-            if self.encoded.pop(run, None) is not None or pending is update:
+            if run in self.encoded or pending is update:
+                self.encoded.pop(run, None)
                 # First merge: copy, since the original is shared with other subscribers.
                 pending = {**pending, "metrics": {k: {**v, "s": list(v["s"]), "v": list(v["v"])} for k, v in pending.get("metrics", {}).items()}}
                 for key in ("logs", "tables", "files"):
@@ -124,7 +125,7 @@ class Subscriber:
                     text = orjson.dumps(self.control.pop(0)).decode()
                 else:
                     run, message = self.pending.popitem(last=False)
-                    text = self.encoded.pop(run, None) or orjson.dumps(message).decode()
+                    text = self.encoded.pop(run, "") or orjson.dumps(message).decode()
                 await self.ws.send_text(text)
                 self.sent += 1
                 self.hub.stats["messages_sent"] += 1
@@ -241,7 +242,8 @@ class LiveHub:
         runs = listing["runs"]
         if runs:
             rows = self.store.query_dicts(
-                f"SELECT run_id, metric, {queries.SUMMARY_SELECT} FROM metric_summaries WHERE run_id IN {{ids:Array(String)}} GROUP BY run_id, metric",
+                f"SELECT run_id, metric, {queries.SUMMARY_SELECT} FROM metric_summaries "
+                "WHERE run_id IN {ids:Array(String)} GROUP BY run_id, metric",
                 {"ids": [r["id"] for r in runs]},
             )
             summaries: dict[str, dict[str, Any]] = {}

@@ -67,14 +67,10 @@ def _scope(project: str | None, params: dict[str, Any], column: str = "project")
 
 def get_run(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
     params: dict[str, Any] = {"run": run_id}
-    rows = store.query_dicts(
-        f"SELECT {RUN_FIELDS} FROM runs FINAL WHERE run_id = {{run:String}} AND {_scope(project, params)}", params
-    )
+    rows = store.query_dicts(f"SELECT {RUN_FIELDS} FROM runs FINAL WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)
     if not rows:
         # Points may arrive before (or without) a run_start event.
-        count = store.query_rows(
-            f"SELECT count() FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)}", params
-        )[0][0]
+        count = store.query_rows(f"SELECT count() FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)[0][0]
         if not count:
             raise NotFound(f"run {run_id!r} not found")
         raise NotFound(f"run {run_id!r} has events but no state yet")
@@ -106,20 +102,16 @@ def get_run(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
 
 def metric_summaries(store: Store, run_id: str, project: str) -> dict[str, dict[str, Any]]:
     rows = store.query_dicts(
-        f"SELECT metric, {SUMMARY_SELECT} FROM metric_summaries WHERE project = {{project:String}} AND run_id = {{run:String}} GROUP BY metric ORDER BY metric",
+        f"SELECT metric, {SUMMARY_SELECT} FROM metric_summaries "
+        "WHERE project = {project:String} AND run_id = {run:String} GROUP BY metric ORDER BY metric",
         {"run": run_id, "project": project},
     )
-    return {
-        r["metric"]: {k: clean(r[k]) for k in ("count", "first", "last", "min", "max", "mean", "last_step")}
-        for r in rows
-    }
+    return {r["metric"]: {k: clean(r[k]) for k in ("count", "first", "last", "min", "max", "mean", "last_step")} for r in rows}
 
 
 def run_project(store: Store, run_id: str, project: str | None) -> str:
     params: dict[str, Any] = {"run": run_id}
-    rows = store.query_rows(
-        f"SELECT project FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)} LIMIT 1", params
-    )
+    rows = store.query_rows(f"SELECT project FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)} LIMIT 1", params)
     if not rows:
         rows = store.query_rows(f"SELECT project FROM runs FINAL WHERE run_id = {{run:String}} AND {_scope(project, params)} LIMIT 1", params)
     if not rows:
@@ -206,9 +198,7 @@ def get_series(
         steps = [int(p[0][0]) for p in rows]
         values = [clean(p[0][1]) for p in rows]
         return Series(name, steps, values, [], count, True)
-    rows = store.query_rows(
-        f"SELECT step, value, value_str, toUnixTimestamp64Milli(ts) FROM metric_points WHERE {where} ORDER BY step, ts", params
-    )
+    rows = store.query_rows(f"SELECT step, value, value_str, toUnixTimestamp64Milli(ts) FROM metric_points WHERE {where} ORDER BY step, ts", params)
     return Series(
         name,
         [r[0] for r in rows],

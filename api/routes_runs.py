@@ -41,7 +41,9 @@ async def runs(
     status: str | None = Query(None, description="comma-separated statuses"),
     tag: str | None = Query(None, description="'key' or 'key=value'"),
     parent: str | None = Query(None, description="parent run id; 'none' for top-level runs"),
-    order_by: str = Query("-created_at", description="created_at, last_seen, name, status, ... or metric.<name>[:last|min|max|mean|count]; '-' for descending"),
+    order_by: str = Query(
+        "-created_at", description="created_at, last_seen, name, status, ... or metric.<name>[:last|min|max|mean|count]; '-' for descending"
+    ),
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0),
     metrics: str | None = Query(None, description="comma-separated metric names whose summaries to include"),

@@ -51,7 +51,9 @@ class Pipeline:
             kafka = f"127.0.0.1:{free_port()}"
             self.broker = LocalBroker(self.home, kafka)
             self.broker.start()
-        self.settings = Settings().with_(home=self.home, kafka=kafka, topic_prefix=f"bench{uuid.uuid4().hex[:8]}", partitions=partitions, api_key=None)
+        self.settings = Settings().with_(
+            home=self.home, kafka=kafka, topic_prefix=f"bench{uuid.uuid4().hex[:8]}", partitions=partitions, api_key=None
+        )
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.processors: list[Any] = []

@@ -28,7 +28,7 @@ def client_cost(settings, calls: int = 200_000) -> tuple[float, float]:
     run = exp.start_logging()
     gc.collect()
     t = time.perf_counter_ns()
-    for i in range(calls):
+    for _ in range(calls):
         run.log("loss", 0.5)
     per_log = (time.perf_counter_ns() - t) / calls
     metrics = {f"m{j}": 0.1 * j for j in range(10)}

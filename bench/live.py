@@ -17,7 +17,6 @@ import asyncio
 import json
 import multiprocessing as mp
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -71,7 +70,7 @@ def subscribers(url: str, ids: list[str], n: int, seconds: float, out_q: mp.Queu
             while time.time() < deadline:
                 try:
                     raw = await asyncio.wait_for(ws.recv(), timeout=max(0.1, deadline - time.time()))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     break
                 now = time.time()
                 msg = json.loads(raw)
@@ -154,7 +153,10 @@ def main() -> None:
         f"workload: {args.runs} runs x {args.rate:g} steps/s x 10 metrics for {args.seconds:g} s (~{points / args.seconds:,.0f} points/s); "
         f"{args.subscribers} subscribers (half on the experiment, half on 4 runs each)"
     )
-    print(f"latency log() -> WebSocket over {n:,} samples: p50 {pct(0.5):.0f} ms, p90 {pct(0.9):.0f} ms, p99 {pct(0.99):.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    print(
+        f"latency log() -> WebSocket over {n:,} samples: p50 {pct(0.5):.0f} ms, p90 {pct(0.9):.0f} ms, "
+        f"p99 {pct(0.99):.0f} ms, max {latencies[-1] * 1000:.0f} ms"
+    )
     print(f"messages received: {messages:,}; hub: {hub}")
 
 

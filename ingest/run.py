@@ -346,7 +346,17 @@ class Run:
             data = path_or_stream.read()
         meta = upload_artifact(self.settings, self.project, self.id, name, data)
         self._files.append(name)
-        self._enqueue("file", {"path": name, "file_kind": meta.get("file_kind", "file"), "size": len(data), "uri": meta.get("uri", ""), "sha256": meta.get("sha256", ""), "content_type": meta.get("content_type", "")})
+        self._enqueue(
+            "file",
+            {
+                "path": name,
+                "file_kind": meta.get("file_kind", "file"),
+                "size": len(data),
+                "uri": meta.get("uri", ""),
+                "sha256": meta.get("sha256", ""),
+                "content_type": meta.get("content_type", ""),
+            },
+        )
 
     def log_image(self, name: str, path: str | os.PathLike[str] | None = None, plot: Any = None, description: str = "") -> None:
         """An image file, or a matplotlib figure (or pyplot) rendered to PNG."""
@@ -370,10 +380,23 @@ class Run:
             suffix = ".png"
         rel = f"images/{name}{suffix}"
         meta = upload_artifact(self.settings, self.project, self.id, rel, data)
-        self._enqueue("file", {"path": rel, "name": name, "file_kind": "image", "size": len(data), "uri": meta.get("uri", ""), "sha256": meta.get("sha256", ""), "content_type": meta.get("content_type", "")})
+        self._enqueue(
+            "file",
+            {
+                "path": rel,
+                "name": name,
+                "file_kind": "image",
+                "size": len(data),
+                "uri": meta.get("uri", ""),
+                "sha256": meta.get("sha256", ""),
+                "content_type": meta.get("content_type", ""),
+            },
+        )
 
     # --- child runs and lifecycle ---
-    def child_run(self, name: str | None = None, run_id: str | None = None, tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None) -> Run:
+    def child_run(
+        self, name: str | None = None, run_id: str | None = None, tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None
+    ) -> Run:
         return Run(self.experiment, name=name, run_id=run_id, parent=self, tags=tags, params=params, shipper=self._shipper)
 
     def _end(self, status: str, error: str = "", timeout: float = 60.0) -> None:

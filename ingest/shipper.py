@@ -142,7 +142,7 @@ class Shipper:
         while not self._closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.linger)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             self._recount()
@@ -230,7 +230,12 @@ _shipper_lock = threading.Lock()
 def get_shipper(settings: Settings) -> Shipper:
     global _shipper
     with _shipper_lock:
-        if _shipper is None or _shipper._closed or _shipper.settings.kafka != settings.kafka or _shipper.settings.events_topic != settings.events_topic:
+        if (
+            _shipper is None
+            or _shipper._closed
+            or _shipper.settings.kafka != settings.kafka
+            or _shipper.settings.events_topic != settings.events_topic
+        ):
             _shipper = Shipper(settings)
         return _shipper
 

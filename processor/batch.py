@@ -154,7 +154,11 @@ def _table_cells(recs: list[Record]) -> pa.Table:
 
 
 def _run_logs(recs: list[Record]) -> pa.Table:
-    streams, lines, idxs, ts, counts = [], [], [], [], []
+    streams: list[str] = []
+    lines: list[str] = []
+    idxs: list[int] = []
+    ts: list[np.ndarray] = []
+    counts: list[int] = []
     for r in recs:
         ev = r.event
         n = len(ev["lines"])

@@ -116,7 +116,9 @@ class Processor:
     # --- lifecycle ---
     async def start(self) -> None:
         await ensure_topics(self.settings)
-        self._producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka, linger_ms=5, compression_type="lz4", max_request_size=8 * 1024 * 1024)
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=self.settings.kafka, linger_ms=5, compression_type="lz4", max_request_size=8 * 1024 * 1024
+        )
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka,
@@ -137,7 +139,7 @@ class Processor:
         if self._task is not None:
             try:
                 await asyncio.wait_for(self._task, timeout=30)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
         if self._consumer is not None:
             await self._consumer.stop()
@@ -210,12 +212,8 @@ class Processor:
         ids = [run for _, run in missing]
 
         def load() -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-            rows = self.store.query_dicts(
-                "SELECT * FROM runs FINAL WHERE run_id IN {ids:Array(String)}", {"ids": ids}
-            )
-            seen = self.store.query_rows(
-                "SELECT run_id, event_id FROM ingested_events WHERE run_id IN {ids:Array(String)}", {"ids": ids}
-            )
+            rows = self.store.query_dicts("SELECT * FROM runs FINAL WHERE run_id IN {ids:Array(String)}", {"ids": ids})
+            seen = self.store.query_rows("SELECT run_id, event_id FROM ingested_events WHERE run_id IN {ids:Array(String)}", {"ids": ids})
             return rows, seen
 
         rows, seen = await self._with_retry(load, "load runs")

@@ -8,7 +8,7 @@ partition applies them to a cached RunState and writes the full row to the
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from runstream.wire import TERMINAL_STATUSES
@@ -55,7 +55,7 @@ class RunState:
 
 
 def _dt(ts: float) -> datetime:
-    return datetime.fromtimestamp(ts, tz=timezone.utc)
+    return datetime.fromtimestamp(ts, tz=UTC)
 
 
 RUN_COLUMNS = [

@@ -64,7 +64,8 @@ class Store:
 
     # --- sync API (call from the worker thread, or from scripts and tests) ---
     def query_rows(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        return list(self.client().query(sql, parameters=params, settings=settings).result_rows)
+        rows: Any = self.client().query(sql, parameters=params, settings=settings).result_rows
+        return [tuple(r) for r in rows]
 
     def query_dicts(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         result = self.client().query(sql, parameters=params, settings=settings)
@@ -80,7 +81,7 @@ class Store:
 
     def insert_rows(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
         if rows:
-            self.client().insert(table, rows, column_names=list(columns))
+            self.client().insert(table, [tuple(r) for r in rows], column_names=list(columns))
 
     # --- async API ---
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:

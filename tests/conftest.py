@@ -117,7 +117,9 @@ class Stack:
 
 def new_settings(home: Path, kafka: str, api: str = "http://127.0.0.1:1", **changes: Any) -> Settings:
     prefix = changes.pop("topic_prefix", f"t{uuid.uuid4().hex[:10]}")
-    return Settings().with_(home=home, kafka=kafka, api=api, topic_prefix=prefix, partitions=4, project="default", api_key=None, run_id=None, **changes)
+    return Settings().with_(
+        home=home, kafka=kafka, api=api, topic_prefix=prefix, partitions=4, project="default", api_key=None, run_id=None, **changes
+    )
 
 
 @pytest.fixture(scope="session")

@@ -40,14 +40,17 @@ OPTIONAL_ENDPOINTS = ("/api/v1/compare", "/api/v1/aggregate")
 
 def _png(width: int = 96, height: int = 64) -> bytes:
     """A small gradient PNG, written by hand so the test needs no imaging library."""
-    raw = b"".join(
-        b"\x00" + b"".join(bytes((int(255 * x / width), int(255 * y / height), 200)) for x in range(width)) for y in range(height)
-    )
+    raw = b"".join(b"\x00" + b"".join(bytes((int(255 * x / width), int(255 * y / height), 200)) for x in range(width)) for y in range(height))
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +168,17 @@ def test_dashboard_live_run_page_runs_list_and_compare(stack: Stack, settings: S
         # --- runs list: a small sweep, live status, metric columns ---
         sweep = []
         for i, alpha in enumerate([0.05, 0.25, 0.45, 0.65, 0.85]):
-            r = exp.start_logging(name=f"alpha-{alpha:.2f}", tags={"model": "ridge", "group": "low" if alpha < 0.5 else "high"}, params={"alpha": alpha})
+            r = exp.start_logging(
+                name=f"alpha-{alpha:.2f}", tags={"model": "ridge", "group": "low" if alpha < 0.5 else "high"}, params={"alpha": alpha}
+            )
             for step in range(40):
-                r.log_metrics({"loss": (1.2 + alpha) * math.exp(-step / (15 + 10 * i)) + 0.3 * alpha, "accuracy": (0.95 - 0.2 * alpha) * (1 - math.exp(-step / 12))}, step=step)
+                r.log_metrics(
+                    {
+                        "loss": (1.2 + alpha) * math.exp(-step / (15 + 10 * i)) + 0.3 * alpha,
+                        "accuracy": (0.95 - 0.2 * alpha) * (1 - math.exp(-step / 12)),
+                    },
+                    step=step,
+                )
             sweep.append(r)
         for r in sweep[:3]:
             r.complete()

@@ -15,11 +15,12 @@ from tests.conftest import Stack, wait_until
 
 
 def test_reference_ridge_sweep_roundtrips_exactly(settings: Settings, tmp_path) -> None:
+    import pickle
+
     from sklearn.datasets import load_diabetes
     from sklearn.linear_model import Ridge
     from sklearn.metrics import mean_squared_error
     from sklearn.model_selection import train_test_split
-    import pickle
 
     X, y = load_diabetes(return_X_y=True)
     X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=0.2, random_state=0)

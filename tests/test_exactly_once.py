@@ -88,9 +88,7 @@ def test_partial_write_then_replay_writes_only_what_is_missing(home, kafka_boots
         assert proc.stats.clickhouse_ok
     finally:
         stack.run(proc.stop())
-    rows = store.query_rows(
-        "SELECT uniqExact(run_id, metric, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids}
-    )
+    rows = store.query_rows("SELECT uniqExact(run_id, metric, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids})
     assert rows == [(3000, 3000)]
 
 
@@ -107,7 +105,8 @@ def test_processor_stopped_and_restarted_mid_stream_loses_nothing(home, kafka_bo
         if step == 1000:
             for run in runs:
                 run.flush()
-            wait_until(lambda: proc.stats.points_written > 0, 30, what="first writes")
+            first = proc
+            wait_until(lambda: first.stats.points_written > 0, 30, what="first writes")
             stack.run(proc.stop())  # mid-stream: later points pile up in Kafka
         if step == 2000:
             proc = Processor(settings, store, group_id=group, publish_live=False)
