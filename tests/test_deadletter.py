@@ -1,0 +1,83 @@
+"""Poison events go to the dead-letter topic with the reason; the pipeline keeps going."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from ingest import Experiment
+from processor.consumer import Processor
+from processor.store import Store
+from tests.conftest import Stack, new_settings, wait_until
+
+
+def test_poison_events_are_dead_lettered_and_the_rest_is_stored(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    settings = new_settings(home, kafka_bootstrap)
+    proc = Processor(settings, store, group_id="g-dlq", publish_live=False)
+    stack.run(proc.start())
+    good = Experiment("dlq", settings=settings).start_logging(name="good")
+    poison = [
+        b"not json at all",
+        b"[1, 2, 3]",
+        orjson.dumps({"v": 99, "id": "x:1", "kind": "metrics", "run": good.id, "project": "default", "ts": time.time()}),
+        orjson.dumps({"v": 1, "id": "x:2", "kind": "explode", "run": good.id, "project": "default", "ts": time.time()}),
+        orjson.dumps(
+            {"v": 1, "id": "x:3", "kind": "metrics", "run": good.id, "project": "default", "ts": time.time(), "names": ["a"], "m": [0], "s": [0], "x": ["str"]}
+        ),
+        orjson.dumps({"v": 1, "id": "x:4", "kind": "metrics", "run": good.id, "project": "default", "ts": time.time(), "names": ["a"], "m": [5], "s": [0], "x": [1.0]}),
+    ]
+
+    async def send_poison() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for raw in poison:
+                await producer.send_and_wait(settings.events_topic, raw, key=good.id.encode())
+        finally:
+            await producer.stop()
+
+    try:
+        good.log("before", 1.0)
+        good.flush()
+        stack.run(send_poison())
+        for i in range(100):
+            good.log("after", float(i))
+        good.complete()
+        wait_until(
+            lambda: store.query_rows("SELECT count() FROM metric_points WHERE run_id = {r:String}", {"r": good.id})[0][0] == 101,
+            60,
+            what="good points stored around the poison",
+        )
+        wait_until(lambda: proc.stats.dead_letters == len(poison), 30, what="dead letters counted")
+    finally:
+        stack.run(proc.stop())
+
+    async def read_dlq() -> list[dict]:
+        consumer = AIOKafkaConsumer(settings.deadletter_topic, bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest", group_id=None)
+        await consumer.start()
+        out: list[dict] = []
+        try:
+            deadline = time.monotonic() + 30
+            while len(out) < len(poison) and time.monotonic() < deadline:
+                batch = await consumer.getmany(timeout_ms=500)
+                for msgs in batch.values():
+                    out.extend(orjson.loads(m.value) for m in msgs)
+        finally:
+            await consumer.stop()
+        return out
+
+    letters = stack.run(asyncio.wait_for(read_dlq(), 60))
+    assert [base64.b64decode(d["value_b64"]) for d in letters] == poison
+    reasons = [d["reason"] for d in letters]
+    assert "not valid JSON" in reasons[0]
+    assert "must be a JSON object" in reasons[1]
+    assert "unsupported wire version" in reasons[2]
+    assert "unknown event kind" in reasons[3]
+    assert "numbers" in reasons[4]
+    assert "outside 'names'" in reasons[5]
+    assert all(d["topic"] == settings.events_topic and d["offset"] >= 0 for d in letters)
+    assert store.query_rows("SELECT status FROM runs FINAL WHERE run_id = {r:String}", {"r": good.id}) == [("Completed",)]
