@@ -6,6 +6,13 @@ buffers into events, in the order they were logged, and produces them keyed by
 run id with an idempotent, lz4-compressed, lingering producer. `flush()`
 waits for the acknowledgement of everything sealed so far; interpreter exit
 flushes too.
+
+When Kafka is away (a send stalls for STALL_S or fails), the shipper switches
+to spooling: each tick moves the runs' events to the disk spool (ingest/spool.py)
+so memory stays bounded, and every second it tries to replay the spool, in
+order; once the spool is empty it ships directly again. Events still buffered
+at exit are spooled and replayed by the next process. One warning when Kafka
+goes away, one when it is back, one when the disk bound makes it drop.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -22,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 
+from ingest.spool import Spool
 from runstream.config import Settings
 from runstream.wire import encode
 
@@ -33,6 +42,9 @@ log = logging.getLogger("runstream.client")
 LINGER_S = 0.025
 HEARTBEAT_S = 15.0
 DEFAULT_MAX_BUFFERED_POINTS = 2_000_000
+DEFAULT_MAX_SPOOL_BYTES = 2 * 1024**3
+STALL_S = 5.0
+REPLAY_EVERY_S = 1.0
 
 
 class Shipper:
@@ -57,6 +69,18 @@ class Shipper:
         self._warned_down = False
         self._warned_drop = False
         self._closed = False
+        self.max_spool_bytes = int(os.environ.get("RUNSTREAM_SPOOL_MAX_BYTES", DEFAULT_MAX_SPOOL_BYTES))
+        self.spool: Spool | None = None
+        self.spooling = False
+        self.spooled_events = 0
+        self.replayed_events = 0
+        self._sent_at: dict[asyncio.Future[Any], float] = {}
+        self._last_replay = 0.0
+        orphans = Spool.orphans(settings.spool_dir)
+        if orphans:
+            self._spool().adopt(orphans)
+            self.spooling = True
+            log.warning("runstream: replaying events spooled by an earlier process (%s)", ", ".join(d.name for d in orphans))
         self._thread.start()
         self._main: Future[None] = asyncio.run_coroutine_threadsafe(self._main_loop(), self._loop)
 
@@ -108,8 +132,17 @@ class Shipper:
     def close(self, timeout: float = 30.0) -> None:
         if self._closed:
             return
-        self.flush(timeout)
+        delivered = self.flush(timeout)
         self._closed = True
+        if not delivered:
+            # Kafka is away: keep what is left on disk for the next process to replay.
+            spill = asyncio.run_coroutine_threadsafe(self._spill(), self._loop)
+            try:
+                spill.result(30)
+            except Exception as exc:
+                log.error("runstream: could not spool undelivered events at exit: %s", exc)
+        if self.spool is not None:
+            self.spool.close()
         fut = asyncio.run_coroutine_threadsafe(self._stop(), self._loop)
         try:
             fut.result(10)
@@ -127,7 +160,7 @@ class Shipper:
                 linger_ms=10,
                 max_batch_size=1024 * 1024,
                 max_request_size=8 * 1024 * 1024,
-                request_timeout_ms=30_000,
+                request_timeout_ms=15_000,
             )
             await producer.start()
             self._producer = producer
@@ -152,13 +185,77 @@ class Shipper:
                 for run in list(self._open.values()):
                     run._heartbeat()
             try:
-                await self._drain()
+                if self.spooling:
+                    await self._spill()
+                    if time.monotonic() - self._last_replay >= REPLAY_EVERY_S:
+                        await self._replay()
+                else:
+                    await self._drain()
+                    oldest = min(self._sent_at.values(), default=None)
+                    if oldest is not None and time.monotonic() - oldest > STALL_S:
+                        self._enter_spooling(f"no acknowledgement for {STALL_S:.0f} s")
             except Exception as exc:
-                if not self._warned_down:
-                    self._warned_down = True
-                    log.warning("runstream: cannot reach Kafka at %s (%s); buffering and retrying", self.settings.kafka, exc)
+                self._enter_spooling(str(exc) or type(exc).__name__)
                 await self._reset_producer()
-                await asyncio.sleep(1.0)
+
+    def _spool(self) -> Spool:
+        if self.spool is None:
+            self.spool = Spool(self.settings.spool_dir, self.max_spool_bytes)
+        return self.spool
+
+    def _enter_spooling(self, reason: str) -> None:
+        if not self.spooling:
+            self.spooling = True
+            self._last_replay = time.monotonic()
+            if not self._warned_down:
+                self._warned_down = True
+                log.warning(
+                    "runstream: Kafka at %s is not taking events (%s); spooling to %s and replaying when it is back",
+                    self.settings.kafka,
+                    reason,
+                    self.settings.spool_dir,
+                )
+
+    async def _spill(self) -> None:
+        """Move every run's sealed events to the disk spool, in order."""
+        spool = self._spool()
+        for run in list(self._runs.values()):
+            events = run._take_events()
+            if not events:
+                continue
+            key = run.id.encode()
+            records = [(self.settings.events_topic, key, encode(event)) for event, _ in events]
+            refused = spool.append(records)
+            self.spooled_events += len(records) - refused
+            run._acked(sum(points for _, points in events))
+            if refused:
+                self.dropped_points += sum(points for _, points in events[len(events) - refused :])
+                if not self._warned_drop:
+                    self._warned_drop = True
+                    log.warning("runstream: spool full (%d bytes); dropping events (see shipper.dropped_points)", spool.max_bytes)
+
+    async def _replay(self) -> None:
+        """Send sealed spool segments in order; leave spooling once all are acknowledged."""
+        self._last_replay = time.monotonic()
+        spool = self._spool()
+        spool.seal()
+        producer = await asyncio.wait_for(self._ensure_producer(), 10)
+        for path in spool.sealed_segments():
+            records = spool.read(path)
+            futures = [await producer.send(topic, value, key=key) for topic, key, value in records]
+            results = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), STALL_S * 3)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
+            self.replayed_events += len(records)
+            spool.remove(path)
+        if not spool.has_data and not any(run._has_pending() for run in list(self._runs.values())):
+            self.spooling = False
+            log.warning("runstream: Kafka at %s is back; %d spooled events replayed", self.settings.kafka, self.replayed_events)
+            self._warned_down = False
+        elif not spool.has_data:
+            # Events logged during the replay: spill them and go round once more.
+            await self._spill()
 
     async def _reset_producer(self) -> None:
         producer, self._producer = self._producer, None
@@ -193,9 +290,11 @@ class Shipper:
     def _track(self, fut: asyncio.Future[Any], run: Run, event: dict[str, Any], points: int) -> None:
         self.sent_events += 1
         self._inflight.add(fut)
+        self._sent_at[fut] = time.monotonic()
 
         def done(f: asyncio.Future[Any]) -> None:
             self._inflight.discard(f)
+            self._sent_at.pop(f, None)
             if f.cancelled() or f.exception() is not None:
                 self.failed_sends += 1
                 run._requeue([(event, points)])
@@ -208,10 +307,22 @@ class Shipper:
 
     async def _flush(self) -> None:
         while True:
+            if self.spooling:
+                try:
+                    await self._spill()
+                    await self._replay()
+                except Exception:
+                    await self._reset_producer()
+                    await asyncio.sleep(0.5)
+                    continue
+                if self.spooling:
+                    await asyncio.sleep(0.1)
+                    continue
             try:
                 await self._drain()
-            except Exception:
-                await asyncio.sleep(0.5)
+            except Exception as exc:
+                self._enter_spooling(str(exc) or type(exc).__name__)
+                await self._reset_producer()
                 continue
             pending = list(self._inflight)
             if pending:
@@ -242,7 +353,7 @@ def get_shipper(settings: Settings) -> Shipper:
 
 def _at_exit() -> None:
     if _shipper is not None:
-        _shipper.close(timeout=30.0)
+        _shipper.close(timeout=float(os.environ.get("RUNSTREAM_EXIT_FLUSH_TIMEOUT", "30")))
 
 
 atexit.register(_at_exit)
