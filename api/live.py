@@ -183,10 +183,14 @@ class LiveHub:
                     for messages in batches.values():
                         for msg in messages:
                             try:
-                                update = orjson.loads(msg.value)
+                                message = orjson.loads(msg.value)
                             except orjson.JSONDecodeError:
                                 continue
-                            self.dispatch(update, msg.value.decode())
+                            if isinstance(message, dict) and message.get("type") == "batch":
+                                for update in message.get("updates", []):
+                                    self.dispatch(update)
+                            elif isinstance(message, dict):
+                                self.dispatch(message, msg.value.decode())
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -201,6 +205,8 @@ class LiveHub:
 
     def dispatch(self, update: dict[str, Any], encoded: str | None = None) -> None:
         self.stats["updates_in"] += 1
+        if "run" not in update:
+            return
         targets = set(self.by_run.get(update.get("run", ""), ()))
         targets |= self.by_experiment.get(update.get("experiment", ""), set())
         for sub in targets:

@@ -137,6 +137,7 @@ def main() -> None:
     t.join(60)
     sp.join(60)
     hub = app.state.hub.stats
+    pstats = proc.stats
     server.should_exit = True
     pipe.close()
     latencies.sort()
@@ -158,6 +159,8 @@ def main() -> None:
         f"p99 {pct(0.99):.0f} ms, max {latencies[-1] * 1000:.0f} ms"
     )
     print(f"messages received: {messages:,}; hub: {hub}")
+    spent = ", ".join(f"{k} {v:.2f} s" for k, v in pstats.seconds.items())
+    print(f"processor: {pstats.batches} batches, {pstats.events_written:,} events; time in {spent}")
 
 
 if __name__ == "__main__":

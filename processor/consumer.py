@@ -49,6 +49,8 @@ class ProcessorStats:
     clickhouse_ok: bool = True
     last_error: str = ""
     started_at: float = field(default_factory=time.time)
+    # Cumulative seconds per phase of a batch: where the processor spends its time.
+    seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "prepare": 0.0, "write": 0.0, "live": 0.0, "commit": 0.0})
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -79,7 +81,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         # Wait for the batch in flight so its offsets are committed by this owner.
         async with self.processor._work_lock:
-            pass
+            await self.processor.flush_commits()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.processor._load_watermarks(assigned)
@@ -111,6 +113,8 @@ class Processor:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._pending_commit: dict[TopicPartition, int] = {}
+        self._commit_task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     # --- lifecycle ---
@@ -141,6 +145,10 @@ class Processor:
                 await asyncio.wait_for(self._task, timeout=30)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
+        try:
+            await asyncio.wait_for(self.flush_commits(), 10)
+        except Exception:
+            pass
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
@@ -271,6 +279,7 @@ class Processor:
 
     # --- one batch ---
     async def _handle(self, data: dict[TopicPartition, list[Any]]) -> None:
+        t0 = time.perf_counter()
         records: list[batching.Record] = []
         dead: list[tuple[Any, str]] = []
         commit: dict[TopicPartition, int] = {}
@@ -295,6 +304,7 @@ class Processor:
                     continue
                 records.append(batching.Record(tp.topic, tp.partition, msg.offset, event))
 
+        t1 = time.perf_counter()
         await self._load_runs({(r.event["project"], r.event["run"]) for r in records})
         # A re-sent event (same id at a new offset, e.g. a client spool replay) is dropped here.
         fresh: list[batching.Record] = []
@@ -337,7 +347,9 @@ class Processor:
                         marks = self.watermarks[table]
                         marks[key] = max(marks.get(key, -1), offset)
 
+        t2 = time.perf_counter()
         await self._with_retry(write, "insert batch")
+        t3 = time.perf_counter()
         for state in dirty:
             state.dirty = False
             state.persisted_last_seen = state.last_seen
@@ -352,11 +364,32 @@ class Processor:
             await self._dead_letter(dead)
         if self.publish_live and fresh:
             await self._publish_live([r.event for r in fresh], status_changes)
+        t4 = time.perf_counter()
+        self._schedule_commit(commit)
+        t5 = time.perf_counter()
+        for phase, spent in (("decode", t1 - t0), ("prepare", t2 - t1), ("write", t3 - t2), ("live", t4 - t3), ("commit", t5 - t4)):
+            self.stats.seconds[phase] += spent
+
+    def _schedule_commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit in the background: the rows are already stored, and a replay of an
+        uncommitted range is skipped by the watermarks, so the next poll need not wait."""
+        self._pending_commit.update(offsets)
+        if self._commit_task is None or self._commit_task.done():
+            self._commit_task = asyncio.create_task(self._commit_loop())
+
+    async def _commit_loop(self) -> None:
         assert self._consumer is not None
-        try:
-            await self._consumer.commit(commit)
-        except Exception as exc:  # after a rebalance the new owner re-reads; watermarks skip what we wrote
-            log.warning("offset commit failed (a replay will be skipped by watermarks): %s", exc)
+        while self._pending_commit:
+            offsets, self._pending_commit = self._pending_commit, {}
+            try:
+                await self._consumer.commit(offsets)
+            except Exception as exc:  # after a rebalance the new owner re-reads; watermarks skip what we wrote
+                log.warning("offset commit failed (a replay will be skipped by watermarks): %s", exc)
+
+    async def flush_commits(self) -> None:
+        task = self._commit_task
+        if task is not None:
+            await task
 
     async def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
         assert self._producer is not None
@@ -378,11 +411,14 @@ class Processor:
 
     async def _publish_live(self, events: list[dict[str, Any]], statuses: dict[str, str]) -> None:
         assert self._producer is not None
-        experiments = {run: state.experiment for run, state in self.runs.items() if run in {e["run"] for e in events} or run in statuses}
-        for update in build_updates(events, experiments, statuses):
-            try:
-                await self._producer.send(self.settings.live_topic, orjson.dumps(update), key=update["run"].encode())
-                self.stats.live_messages += 1
-            except Exception as exc:  # live pushes are best effort; storage is the truth
-                log.warning("live update not published: %s", exc)
-                break
+        touched = {e["run"] for e in events} | set(statuses)
+        experiments = {run: self.runs[run].experiment for run in touched if run in self.runs}
+        updates = build_updates(events, experiments, statuses)
+        if not updates:
+            return
+        try:
+            # One message per batch: the per-message cost, not the bytes, is what adds latency.
+            await self._producer.send(self.settings.live_topic, orjson.dumps({"type": "batch", "updates": updates}))
+            self.stats.live_messages += len(updates)
+        except Exception as exc:  # live pushes are best effort; storage is the truth
+            log.warning("live update not published: %s", exc)
