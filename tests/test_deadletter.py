@@ -20,15 +20,14 @@ def test_poison_events_are_dead_lettered_and_the_rest_is_stored(home, kafka_boot
     proc = Processor(settings, store, group_id="g-dlq", publish_live=False)
     stack.run(proc.start())
     good = Experiment("dlq", settings=settings).start_logging(name="good")
+    base = {"v": 1, "kind": "metrics", "run": good.id, "project": "default", "ts": time.time(), "names": ["a"], "s": [0]}
     poison = [
         b"not json at all",
         b"[1, 2, 3]",
         orjson.dumps({"v": 99, "id": "x:1", "kind": "metrics", "run": good.id, "project": "default", "ts": time.time()}),
         orjson.dumps({"v": 1, "id": "x:2", "kind": "explode", "run": good.id, "project": "default", "ts": time.time()}),
-        orjson.dumps(
-            {"v": 1, "id": "x:3", "kind": "metrics", "run": good.id, "project": "default", "ts": time.time(), "names": ["a"], "m": [0], "s": [0], "x": ["str"]}
-        ),
-        orjson.dumps({"v": 1, "id": "x:4", "kind": "metrics", "run": good.id, "project": "default", "ts": time.time(), "names": ["a"], "m": [5], "s": [0], "x": [1.0]}),
+        orjson.dumps({**base, "id": "x:3", "m": [0], "x": ["str"]}),
+        orjson.dumps({**base, "id": "x:4", "m": [5], "x": [1.0]}),
     ]
 
     async def send_poison() -> None:

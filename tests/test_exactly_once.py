@@ -105,8 +105,7 @@ def test_processor_stopped_and_restarted_mid_stream_loses_nothing(home, kafka_bo
         if step == 1000:
             for run in runs:
                 run.flush()
-            first = proc
-            wait_until(lambda: first.stats.points_written > 0, 30, what="first writes")
+            wait_until(lambda p=proc: p.stats.points_written > 0, 30, what="first writes")
             stack.run(proc.stop())  # mid-stream: later points pile up in Kafka
         if step == 2000:
             proc = Processor(settings, store, group_id=group, publish_live=False)
