@@ -41,16 +41,22 @@ def merge_update(into: dict[str, Any], new: dict[str, Any]) -> bool:
         metrics = into.setdefault("metrics", {})
         old = metrics.get(name)
         if old is None:
-            metrics[name] = {"s": list(slot["s"]), "v": list(slot["v"]), "n": slot.get("n", len(slot["s"]))}
+            metrics[name] = {k: (list(v) if isinstance(v, list) else v) for k, v in slot.items()}
             if slot.get("truncated"):
                 metrics[name]["truncated"] = True
             continue
         old["s"].extend(slot["s"])
         old["v"].extend(slot["v"])
+        for key, pick in (("min", min), ("max", max)):
+            if key in slot:
+                old[key] = slot[key] if key not in old else pick(old[key], slot[key])
         old["n"] = old.get("n", 0) + slot.get("n", len(slot["s"]))
         if slot.get("truncated"):
             old["truncated"] = True
-        if len(old["s"]) > MAX_POINTS_PER_METRIC:
+        if old.get("latest_only"):
+            del old["s"][:-1]
+            del old["v"][:-1]
+        elif len(old["s"]) > MAX_POINTS_PER_METRIC:
             del old["s"][:-MAX_POINTS_PER_METRIC]
             del old["v"][:-MAX_POINTS_PER_METRIC]
             old["truncated"] = True
@@ -72,6 +78,24 @@ def merge_update(into: dict[str, Any], new: dict[str, Any]) -> bool:
         into["meta"] = True
     into["coalesced"] = True
     return cut
+
+
+def compact_update(update: dict[str, Any]) -> dict[str, Any]:
+    """The update with each metric cut to its newest point plus the batch's min/max."""
+    metrics = update.get("metrics")
+    if not metrics:
+        return update
+    out = dict(update)
+    out["metrics"] = {}
+    for name, slot in metrics.items():
+        small = {"s": slot["s"][-1:], "v": slot["v"][-1:], "n": slot.get("n", len(slot["s"])), "latest_only": True}
+        for key in ("min", "max"):
+            if key in slot:
+                small[key] = slot[key]
+        out["metrics"][name] = small
+    if "logs" in out:
+        out["logs"] = out["logs"][-20:]
+    return out
 
 
 class Subscriber:
@@ -124,8 +148,13 @@ class Subscriber:
                 if self.control:
                     text = orjson.dumps(self.control.pop(0)).decode()
                 else:
-                    run, message = self.pending.popitem(last=False)
-                    text = self.encoded.pop(run, "") or orjson.dumps(message).decode()
+                    # Everything pending goes in one frame: one send per batch, not per run.
+                    texts = []
+                    while self.pending:
+                        run, message = self.pending.popitem(last=False)
+                        texts.append(self.encoded.pop(run, "") or orjson.dumps(message).decode())
+                    text = texts[0] if len(texts) == 1 else '{"type":"updates","updates":[' + ",".join(texts) + "]}"
+                    self.hub.stats["updates_sent"] += len(texts)
                 await self.ws.send_text(text)
                 self.sent += 1
                 self.hub.stats["messages_sent"] += 1
@@ -138,7 +167,7 @@ class LiveHub:
         self.by_run: dict[str, set[Subscriber]] = {}
         self.by_experiment: dict[str, set[Subscriber]] = {}
         self.subscribers: set[Subscriber] = set()
-        self.stats = {"updates_in": 0, "messages_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
+        self.stats = {"updates_in": 0, "messages_sent": 0, "updates_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
@@ -207,13 +236,24 @@ class LiveHub:
         self.stats["updates_in"] += 1
         if "run" not in update:
             return
-        targets = set(self.by_run.get(update.get("run", ""), ()))
-        targets |= self.by_experiment.get(update.get("experiment", ""), set())
-        for sub in targets:
-            if sub.project is None or sub.project == update.get("project"):
+        by_run = self.by_run.get(update["run"], set())
+        project = update.get("project")
+        for sub in by_run:
+            if sub.project is None or sub.project == project:
                 if encoded is None:
                     encoded = orjson.dumps(update).decode()
                 sub.offer(update, encoded)
+        # Experiment watchers (a runs list) get the latest state, not every point: the
+        # last point and the batch's min/max per metric. Far less to send to many browsers.
+        watchers = self.by_experiment.get(update.get("experiment", ""), set()) - by_run
+        compact: dict[str, Any] | None = None
+        compact_text: str | None = None
+        for sub in watchers:
+            if sub.project is None or sub.project == project:
+                if compact is None:
+                    compact = compact_update(update)
+                    compact_text = orjson.dumps(compact).decode()
+                sub.offer(compact, compact_text)
 
     def _index(self, target: Target) -> dict[str, set[Subscriber]]:
         return self.by_run if target[0] == "run" else self.by_experiment

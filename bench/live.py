@@ -53,9 +53,10 @@ def trainers(settings_dict: dict, runs: int, seconds: float, rate: float, ids_q:
 
 
 def subscribers(url: str, ids: list[str], n: int, seconds: float, out_q: mp.Queue, ready_q: mp.Queue) -> None:  # type: ignore[no-untyped-def]
+    import orjson
     import websockets
 
-    latencies: list[float] = []
+    latencies: list[tuple[float, float]] = []
     messages = [0]
 
     async def one(i: int) -> None:
@@ -73,13 +74,12 @@ def subscribers(url: str, ids: list[str], n: int, seconds: float, out_q: mp.Queu
                 except TimeoutError:
                     break
                 now = time.time()
-                msg = json.loads(raw)
+                frame = orjson.loads(raw)
                 messages[0] += 1
-                slot = msg.get("metrics", {}).get("lat")
-                if slot:
-                    latencies.extend(now - v for v in slot["v"] if v is not None)
-                if msg.get("type") == "update" and msg.get("status") == "Completed" and i % 2:
-                    pass
+                for msg in frame["updates"] if frame.get("type") == "updates" else [frame]:
+                    slot = msg.get("metrics", {}).get("lat")
+                    if slot:
+                        latencies.extend((v, now - v) for v in slot["v"] if v is not None)
 
     async def main() -> None:
         await asyncio.gather(*(one(i) for i in range(n)))
@@ -140,7 +140,12 @@ def main() -> None:
     pstats = proc.stats
     server.should_exit = True
     pipe.close()
-    latencies.sort()
+    first = min(t for t, _ in latencies) if latencies else 0.0
+    per_second: dict[int, list[float]] = {}
+    for t, lat in latencies:
+        per_second.setdefault(int(t - first), []).append(lat)
+    timeline = " ".join(f"{sec}s:{sorted(v)[int(0.99 * len(v))] * 1000:.0f}" for sec, v in sorted(per_second.items()))
+    latencies = sorted(lat for _, lat in latencies)
     n = len(latencies)
     if not n:
         print("no latency samples received")
@@ -159,6 +164,7 @@ def main() -> None:
         f"p99 {pct(0.99):.0f} ms, max {latencies[-1] * 1000:.0f} ms"
     )
     print(f"messages received: {messages:,}; hub: {hub}")
+    print(f"p99 per second of logging (ms): {timeline}")
     spent = ", ".join(f"{k} {v:.2f} s" for k, v in pstats.seconds.items())
     print(f"processor: {pstats.batches} batches, {pstats.events_written:,} events; time in {spent}")
 

@@ -137,6 +137,11 @@ class Live {
   }
 
   dispatch(msg) {
+    if (msg.type === "updates" && Array.isArray(msg.updates)) {
+      // Several runs' updates in one frame (the server batches per subscriber).
+      for (const u of msg.updates) this.dispatch(u);
+      return;
+    }
     if (msg.type === "snapshot" && msg.target) {
       const sub = this.subs.get(this.key(msg.target));
       if (sub) for (const fn of sub.handlers) fn(msg);

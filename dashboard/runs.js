@@ -313,6 +313,9 @@ export function mount(ctx) {
           sm.min = sm.min == null || v < sm.min ? v : sm.min;
           sm.max = sm.max == null || v > sm.max ? v : sm.max;
         }
+        // Experiment updates carry only the newest point, plus the batch's range.
+        if (isNum(slot.min)) sm.min = sm.min == null || slot.min < sm.min ? slot.min : sm.min;
+        if (isNum(slot.max)) sm.max = sm.max == null || slot.max > sm.max ? slot.max : sm.max;
       }
     }
     r.dirty = true;

@@ -96,6 +96,7 @@ class Processor:
         group_id: str | None = None,
         publish_live: bool = True,
         max_records: int = 20_000,
+        batch_window: float = 0.05,
         fail_injector: Any = None,
     ) -> None:
         self.settings = settings
@@ -103,6 +104,7 @@ class Processor:
         self.group_id = group_id or settings.group_id
         self.publish_live = publish_live
         self.max_records = max_records
+        self.batch_window = batch_window
         self.stats = ProcessorStats()
         self.watermarks: batching.Watermarks = {t: {} for t in WATERMARKED_TABLES}
         self.runs: OrderedDict[str, RunState] = OrderedDict()
@@ -167,10 +169,24 @@ class Processor:
                 self.ready.set()
                 self._update_lag()
                 continue
+            data = await self._fill_window(data)
             async with self._work_lock:
                 await self._handle(data)
             self._update_lag()
             self.ready.set()
+
+    async def _fill_window(self, data: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
+        """Keep polling for up to batch_window seconds: ClickHouse wants few large inserts
+        (every insert is a part to merge), live latency wants short waits."""
+        assert self._consumer is not None
+        count = sum(len(v) for v in data.values())
+        deadline = time.monotonic() + self.batch_window
+        while count < self.max_records and (left := deadline - time.monotonic()) > 0:
+            more = await self._consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=self.max_records - count)
+            for tp, messages in more.items():
+                data.setdefault(tp, []).extend(messages)
+                count += len(messages)
+        return data
 
     def _update_lag(self) -> None:
         consumer = self._consumer

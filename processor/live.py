@@ -18,6 +18,11 @@ SMALL_EVENT = 256
 _INF = float("inf")
 
 
+def _extend_range(slot: dict[str, Any], lo: float, hi: float) -> None:
+    slot["min"] = lo if "min" not in slot else min(slot["min"], lo)
+    slot["max"] = hi if "max" not in slot else max(slot["max"], hi)
+
+
 def build_updates(events: list[dict[str, Any]], experiments: dict[str, str], statuses: dict[str, str]) -> list[dict[str, Any]]:
     """`events` are this batch's newly written events; `statuses` the runs whose status changed."""
     per_run: dict[str, dict[str, Any]] = {}
@@ -51,9 +56,13 @@ def build_updates(events: list[dict[str, Any]], experiments: dict[str, str], sta
                 count = int(mask.sum())
                 if not count:
                     continue
+                all_values = v[mask]
                 steps = s[mask][-LIVE_POINTS_PER_METRIC:]
-                values = v[mask][-LIVE_POINTS_PER_METRIC:]
+                values = all_values[-LIVE_POINTS_PER_METRIC:]
                 slot = metrics.setdefault(name, {"s": [], "v": [], "n": 0})
+                finite = all_values[np.isfinite(all_values)]
+                if finite.size:
+                    _extend_range(slot, float(finite.min()), float(finite.max()))
                 slot["s"].extend(steps.tolist())
                 slot["v"].extend([None if not np.isfinite(x) else x for x in values.tolist()])
                 slot["n"] += count
@@ -74,6 +83,9 @@ def build_updates(events: list[dict[str, Any]], experiments: dict[str, str], sta
     for item in per_run.values():
         item["server_time"] = now
         for slot in item.get("metrics", {}).values():
+            finite = [x for x in slot["v"] if x is not None and not isinstance(x, str)]
+            if finite:
+                _extend_range(slot, min(finite), max(finite))
             if len(slot["s"]) > LIVE_POINTS_PER_METRIC:
                 slot["s"] = slot["s"][-LIVE_POINTS_PER_METRIC:]
                 slot["v"] = slot["v"][-LIVE_POINTS_PER_METRIC:]

@@ -14,7 +14,7 @@ from typing import Any
 from runstream.wire import TERMINAL_STATUSES
 
 # Persist a row for last_seen alone only this often; status changes are written at once.
-LAST_SEEN_RESOLUTION_S = 5.0
+LAST_SEEN_RESOLUTION_S = 30.0
 
 
 @dataclass

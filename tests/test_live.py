@@ -28,9 +28,10 @@ def _recv_until(ws: ClientConnection, predicate: Any, timeout: float = 20.0) -> 
             msg = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
         except TimeoutError:
             break
-        seen.append(msg)
-        if predicate(msg, seen):
-            return seen
+        for item in msg["updates"] if msg.get("type") == "updates" else [msg]:
+            seen.append(item)
+            if predicate(item, seen):
+                return seen
     raise AssertionError(f"condition not met; got {len(seen)} messages: {seen[-3:]}")
 
 
@@ -164,7 +165,7 @@ def test_subscriber_queue_blocks_without_blocking_dispatch() -> None:
 
     async def scenario() -> None:
         hub = LiveHub.__new__(LiveHub)
-        hub.stats = {"updates_in": 0, "messages_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
+        hub.stats = {"updates_in": 0, "messages_sent": 0, "updates_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
         sock = BlockedSocket()
         sub = Subscriber(sock, None, hub)  # type: ignore[arg-type]
         pump = asyncio.create_task(sub.pump())
@@ -175,10 +176,12 @@ def test_subscriber_queue_blocks_without_blocking_dispatch() -> None:
         await asyncio.sleep(0)
         assert len(sub.pending) <= 3
         sock.release.set()
-        while sub.pending:
+        deadline = time.monotonic() + 5
+        while (sub.pending or not sock.sent) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         pump.cancel()
-        last = [json.loads(t) for t in sock.sent][-1]
-        assert last["metrics"]["m"]["s"][-1] >= 9997
+        frames = [json.loads(t) for t in sock.sent]
+        updates = [u for f in frames for u in (f["updates"] if f.get("type") == "updates" else [f])]
+        assert max(u["metrics"]["m"]["s"][-1] for u in updates) >= 9997
 
     asyncio.run(scenario())
