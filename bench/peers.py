@@ -32,7 +32,6 @@ import gc
 import importlib.metadata
 import json
 import os
-import platform
 import shutil
 import signal
 import socket
@@ -83,21 +82,11 @@ def pkg_version(name: str) -> str:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024 / 1024:.0f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, {mem} RAM, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench.common import machine as describe  # stdlib-only module, importable from any venv
+
+    return describe()
 
 
 def timed_chunks(body: Callable[[int, int], None], max_calls: int, budget_s: float, chunk: int = 500) -> tuple[int, float]:
