@@ -32,7 +32,7 @@ up: setup
 	@if $(BIN)/python -c "import sys; from runstream.kafka_broker import broker_answers; sys.exit(0 if broker_answers('$(RUNSTREAM_KAFKA)') else 1)"; then \
 		echo "using the Kafka broker at $(RUNSTREAM_KAFKA)"; $(BIN)/runstream up --demo; \
 	else \
-		$(BIN)/runstream kafka start && trap '$(BIN)/runstream kafka stop' EXIT INT TERM; $(BIN)/runstream up --demo; \
+		$(BIN)/runstream kafka start || exit 1; trap '$(BIN)/runstream kafka stop' EXIT INT TERM; $(BIN)/runstream up --demo; \
 	fi
 
 test: setup chromium

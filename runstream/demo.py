@@ -25,7 +25,7 @@ def train(exp: Experiment, index: int, steps: int, pace: float, stop: threading.
             if stop is not None and stop.is_set():
                 run.cancel()
                 return run.id
-            loss = loss * (1 - lr * 3) + rng.gauss(0, 0.02)
+            loss = abs(loss * (1 - lr * 3) + rng.gauss(0, 0.02))
             acc = 1 - math.exp(-step * lr * 5) * 0.9 + rng.gauss(0, 0.01)
             run.log_metrics({"loss": loss, "accuracy": acc, "lr": lr}, step=step)
             if step % 50 == 0:

@@ -219,7 +219,8 @@ class LocalBroker:
 
             cid = base64.urlsafe_b64encode(cluster_id).decode().rstrip("=")
             fmt = subprocess.run(
-                self._java(jars, "kafka.tools.StorageTool", "format", "-t", cid, "-c", str(props), heap="256m"),
+                # "--cluster-id=" form: a base64 id may start with "-", which argparse takes for an option.
+                self._java(jars, "kafka.tools.StorageTool", "format", f"--cluster-id={cid}", "-c", str(props), heap="256m"),
                 capture_output=True,
                 text=True,
             )
