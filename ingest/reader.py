@@ -90,7 +90,16 @@ def wait_for_completion(run: Run, show_output: bool = False, poll: float = 0.5, 
     deadline = None if timeout is None else time.monotonic() + timeout
     since = 0.0
     while True:
-        details = fetch_run(run)
+        try:
+            details = fetch_run(run)
+        except ApiError as exc:
+            if " 404:" not in str(exc):
+                raise
+            # Not processed yet (a run that was just started): keep waiting.
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"run {run.id} not found after {timeout}s") from None
+            time.sleep(poll)
+            continue
         if show_output:
             lines = _get(run.settings, f"/api/v1/runs/{quote(run.id, safe='')}/logs", since=since)
             for entry in lines["lines"]:

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from ingest import capture
 from ingest.shipper import Shipper, get_shipper
 from ingest.values import InvalidInput, check_name, coerce_scalar_text, coerce_value
 from runstream.config import Settings
@@ -54,10 +55,16 @@ class Experiment:
         params: Mapping[str, Any] | None = None,
         *,
         run_id: str | None = None,
+        capture_output: bool | None = None,
         **_ignored: Any,
     ) -> Run:
-        """Start an interactive run; end it with complete(), or use it as a context manager."""
-        return Run(self, name=name, tags=tags, params=params, run_id=run_id)
+        """Start an interactive run; end it with complete(), or use it as a context manager.
+
+        capture_output: tee this process's stdout/stderr into the run's output log
+        (default on, unless RUNSTREAM_CAPTURE_OUTPUT=0)."""
+        if capture_output is None:
+            capture_output = os.environ.get("RUNSTREAM_CAPTURE_OUTPUT", "1") != "0"
+        return Run(self, name=name, tags=tags, params=params, run_id=run_id, capture_output=capture_output)
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, project={self.project!r})"
@@ -77,6 +84,7 @@ class Run:
         parent: Run | None = None,
         attach: bool = False,
         shipper: Shipper | None = None,
+        capture_output: bool = False,
     ) -> None:
         self.experiment = experiment
         self.settings = experiment.settings
@@ -111,6 +119,7 @@ class Run:
         if parent is not None:
             start["parent"] = parent.id
         self._enqueue("run_start" if not attach else "run_status", start if not attach else {"status": "Running"})
+        self._capturing = capture_output and capture.start(self)
 
     # --- identity ---
     @classmethod
@@ -118,9 +127,10 @@ class Run:
         """The run of a submitted script (RUNSTREAM_RUN_ID), else a new interactive run."""
         settings = settings or Settings()
         experiment = Experiment(os.environ.get("RUNSTREAM_EXPERIMENT", "Default"), settings=settings)
+        capture_output = os.environ.get("RUNSTREAM_CAPTURE_OUTPUT", "1") != "0"
         if settings.run_id:
-            return cls(experiment, run_id=settings.run_id, attach=True)
-        return cls(experiment)
+            return cls(experiment, run_id=settings.run_id, attach=True, capture_output=capture_output)
+        return cls(experiment, capture_output=capture_output)
 
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, name={self.name!r}, experiment={self.experiment.name!r}, status={self.status!r})"
@@ -402,6 +412,8 @@ class Run:
     def _end(self, status: str, error: str = "", timeout: float = 60.0) -> None:
         if self.status in TERMINAL_STATUSES:
             return
+        if self._capturing:
+            capture.stop(self)
         self.status = status
         self._enqueue("run_end", {"status": status, "error": error[:4096]})
         self._shipper.flush(timeout)

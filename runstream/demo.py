@@ -15,7 +15,10 @@ def train(exp: Experiment, index: int, steps: int, pace: float, stop: threading.
     rng = random.Random(index)
     lr = [1e-4, 3e-4, 1e-3, 3e-3][index % 4]
     seed = index // 4
-    with exp.start_logging(name=f"demo-{index:03d}", tags={"model": "mlp", "seed": seed}, params={"lr": lr, "batch_size": 64}) as run:
+    # The demo shares its process with the server: its stdout is the server's, not a run's.
+    with exp.start_logging(
+        name=f"demo-{index:03d}", tags={"model": "mlp", "seed": seed}, params={"lr": lr, "batch_size": 64}, capture_output=False
+    ) as run:
         run.log_list("Fibonacci", [0, 1, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89])
         for i in range(-10, 10):
             run.log("Sigmoid", 1 / (1 + math.exp(-i)))

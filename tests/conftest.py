@@ -27,6 +27,9 @@ from runstream.kafka_broker import LocalBroker, broker_answers
 
 T = TypeVar("T")
 
+# Runs started by tests must not tee pytest's own streams; test_capture turns it on explicitly.
+os.environ["RUNSTREAM_CAPTURE_OUTPUT"] = "0"
+
 
 def free_port() -> int:
     with socket.socket() as s:
