@@ -11,8 +11,9 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import analytics, gateway, live, routes_runs
+from api import analytics, gateway, live, metrics, routes_runs
 from api.artifacts import LocalArtifactStore
 from processor.store import Store
 from runstream.config import Settings
@@ -79,6 +80,12 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
             if not stats.clickhouse_ok:
                 body["status"] = "degraded"
         return JSONResponse(body, status_code=200 if body["status"] == "ok" else 503)
+
+    registry = metrics.registry_for(processor, gw, app.state.hub)
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def prometheus_metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(gateway.router)
     app.include_router(routes_runs.router)

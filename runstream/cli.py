@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     proc = sub.add_parser("processor", help="the processor alone (start several to scale out)")
     _add_common(proc)
     proc.add_argument("--group", help="consumer group id (default runstream-processor)")
+    proc.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on 127.0.0.1:PORT")
 
     api = sub.add_parser("api", help="the api and dashboard alone")
     _add_common(api)
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                 host=getattr(args, "host", "127.0.0.1"),
                 port=getattr(args, "port", 8000),
                 demo={"runs": args.demo_runs, "steps": args.demo_steps} if getattr(args, "demo", False) else None,
+                metrics_port=getattr(args, "metrics_port", None),
             )
         )
     except KeyboardInterrupt:

@@ -15,7 +15,16 @@ from runstream.config import Settings
 log = logging.getLogger("runstream")
 
 
-async def serve(settings: Settings, *, processor: bool, api: bool, host: str, port: int, demo: dict[str, Any] | None = None) -> None:
+async def serve(
+    settings: Settings,
+    *,
+    processor: bool,
+    api: bool,
+    host: str,
+    port: int,
+    demo: dict[str, Any] | None = None,
+    metrics_port: int | None = None,
+) -> None:
     from processor.consumer import Processor
     from processor.store import get_store
 
@@ -25,6 +34,13 @@ async def serve(settings: Settings, *, processor: bool, api: bool, host: str, po
         proc = Processor(settings, store)
         await proc.start()
         log.info("processor consuming %s at %s into %s", settings.events_topic, settings.kafka, settings.clickhouse_dsn)
+        if metrics_port:
+            from prometheus_client import start_http_server
+
+            from api.metrics import registry_for
+
+            start_http_server(metrics_port, addr="127.0.0.1", registry=registry_for(proc))
+            log.info("Prometheus metrics at http://127.0.0.1:%d/metrics", metrics_port)
     stop_demo = threading.Event()
     try:
         if api:
