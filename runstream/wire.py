@@ -147,13 +147,7 @@ def _sparse(obj: object, what: str, n: int) -> list[tuple[int, str]]:
         raise WireError(f"'{what}' must be an array of [index, string] pairs")
     out = []
     for item in obj:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not isinstance(item[0], int)
-            or isinstance(item[0], bool)
-            or not isinstance(item[1], str)
-        ):
+        if not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], int) or isinstance(item[0], bool) or not isinstance(item[1], str):
             raise WireError(f"'{what}' must be an array of [index, string] pairs")
         if not 0 <= item[0] < n:
             raise WireError(f"'{what}' index {item[0]} is out of range")

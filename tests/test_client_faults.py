@@ -32,9 +32,7 @@ def outage_broker(tmp_path: Path):
 
 
 def _count(store: Store, ids: list[str]) -> tuple[int, int]:
-    row = store.query_rows(
-        "SELECT count(), uniqExact(run_id, metric, step) FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids}
-    )[0]
+    row = store.query_rows("SELECT count(), uniqExact(run_id, metric, step) FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids})[0]
     return int(row[0]), int(row[1])
 
 
