@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from api import analytics, gateway, live, metrics, routes_runs
+from api import analytics, auth, gateway, live, metrics, routes_runs
 from api.artifacts import LocalArtifactStore
 from processor.store import Store
 from runstream.config import Settings
+from runstream.keys import KeyStore
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
 
@@ -51,10 +52,8 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     app.state.max_upload_bytes = 512 * 1024 * 1024
     app.state.started_at = time.time()
 
-    @app.middleware("http")
-    async def scope(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        request.state.project = None  # all projects are visible until keys are configured
-        return await call_next(request)
+    app.state.auth = auth.Auth(KeyStore(settings.home / "keys.json"))
+    app.middleware("http")(auth.middleware(app.state.auth))
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:

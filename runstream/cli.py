@@ -62,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("action", choices=["start", "stop", "status"])
     _add_common(kafka)
 
+    keys = sub.add_parser("keys", help="API keys (stored hashed under RUNSTREAM_HOME)")
+    keys_sub = keys.add_subparsers(dest="keys_action", required=True)
+    create = keys_sub.add_parser("create", help="create a key for a project; prints the token once")
+    create.add_argument("--project", required=True)
+    create.add_argument("--name", default="")
+    keys_sub.add_parser("list", help="list keys (never their tokens)")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by id")
+    revoke.add_argument("id")
+    keys.add_argument("--home", help="local state folder (RUNSTREAM_HOME)")
+
     demo = sub.add_parser("demo", help="a synthetic workload through the real client")
     _add_common(demo)
     demo.add_argument("--runs", type=int, default=6)
@@ -84,6 +94,24 @@ def main(argv: list[str] | None = None) -> int:
         except BrokerError as exc:
             print(f"runstream kafka {args.action}: {exc}", file=sys.stderr)
             return 1
+        return 0
+    if args.command == "keys":
+        from runstream.keys import KeyStore
+
+        store = KeyStore(settings.home / "keys.json")
+        if args.keys_action == "create":
+            token, key = store.create(args.project, args.name)
+            print(f"key {key['id']} for project {key['project']!r}: {token}")
+            print("store it now: only its hash is kept")
+        elif args.keys_action == "list":
+            for key in store.list():
+                state = "revoked" if key.get("revoked_at") else "active"
+                print(f"{key['id']}  {key['prefix']}...  project={key['project']}  name={key['name']!r}  {state}")
+        else:
+            if not store.revoke(args.id):
+                print(f"no active key {args.id!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {args.id}")
         return 0
     if args.command == "demo":
         from runstream.demo import run_demo
