@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
 from api.app import create_app
 from ingest import Experiment
-from runstream.config import Settings
 from runstream.keys import KeyStore
 from tests.conftest import Stack
 
@@ -106,7 +106,7 @@ def test_a_key_writes_only_its_project(secured, two_projects) -> None:
 
 def test_the_websocket_needs_a_key_and_sees_only_its_project(secured, two_projects) -> None:
     client, tokens, _ = secured
-    with pytest.raises(Exception):
+    with pytest.raises(WebSocketDisconnect):
         with client.websocket_connect("/ws") as ws:
             ws.receive_text()
     with client.websocket_connect(f"/ws?api_key={tokens['alpha']}") as ws:
@@ -134,5 +134,3 @@ def test_without_keys_everything_is_open(stack: Stack, two_projects) -> None:
     import httpx
 
     assert httpx.get(f"{stack.api_url}/api/v1/runs/{two_projects['beta']}").status_code == 200
-
-
