@@ -142,8 +142,15 @@ def test_fifty_concurrent_runs_land_with_exact_counts(settings: Settings, stack:
         {"ids": ids},
     )
     assert len(per_run) == 50 and all(c == 1200 and u == 1200 for _, c, u in per_run)
-    statuses = stack.store.query_rows("SELECT status, count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} GROUP BY status", {"ids": ids})
-    assert statuses == [("Completed", 50)]
+    # Run rows land in the same batch as the points but in a later insert: wait, don't race.
+    wait_until(
+        lambda: (
+            stack.store.query_rows("SELECT status, count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} GROUP BY status", {"ids": ids})
+            == [("Completed", 50)]
+        ),
+        30,
+        what="50 runs Completed",
+    )
 
 
 @pytest.mark.parametrize(
