@@ -53,7 +53,7 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     app.state.started_at = time.time()
 
     app.state.auth = auth.Auth(KeyStore(settings.home / "keys.json"))
-    app.middleware("http")(auth.middleware(app.state.auth))
+    app.add_middleware(auth.AuthMiddleware, auth=app.state.auth)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> JSONResponse:

@@ -96,22 +96,26 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.command == "keys":
-        from runstream.keys import KeyStore
+        from runstream.keys import KeyStore, KeyStoreError
 
         store = KeyStore(settings.home / "keys.json")
-        if args.keys_action == "create":
-            token, key = store.create(args.project, args.name)
-            print(f"key {key['id']} for project {key['project']!r}: {token}")
-            print("store it now: only its hash is kept")
-        elif args.keys_action == "list":
-            for key in store.list():
-                state = "revoked" if key.get("revoked_at") else "active"
-                print(f"{key['id']}  {key['prefix']}...  project={key['project']}  name={key['name']!r}  {state}")
-        else:
-            if not store.revoke(args.id):
+        try:
+            if args.keys_action == "create":
+                token, key = store.create(args.project, args.name)
+                print(f"key {key['id']} for project {key['project']!r}: {token}")
+                print("store it now: only its hash is kept", file=sys.stderr)
+            elif args.keys_action == "list":
+                for key in store.list():
+                    state = "revoked" if key.get("revoked_at") else "active"
+                    print(f"{key['id']}  {key['prefix']}...  project={key['project']}  name={key['name']!r}  {state}")
+            elif not store.revoke(args.id):
                 print(f"no active key {args.id!r}", file=sys.stderr)
                 return 1
-            print(f"revoked {args.id}")
+            else:
+                print(f"revoked {args.id}")
+        except (ValueError, KeyStoreError) as exc:
+            print(f"runstream keys {args.keys_action}: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "demo":
         from runstream.demo import run_demo

@@ -36,6 +36,10 @@ MAX_EVENT_BYTES = 8 * 1024 * 1024
 RUN_STATUSES = ("NotStarted", "Queued", "Running", "Completed", "Failed", "Canceled")
 TERMINAL_STATUSES = ("Completed", "Failed", "Canceled")
 NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+# Timestamps (ts, t) are seconds since the epoch in [0, 2**32): before 2106-02-07, inside ClickHouse's DateTime64 range.
+MAX_TS = float(2**32)
+MAX_ROW = 2**53
+INT64_MAX = 2**63 - 1
 
 KINDS = (
     "run_start",  # experiment, name, parent, tags, params, status
@@ -105,6 +109,10 @@ def _str_map(obj: object, what: str, *, allow_null: bool) -> dict[str, str | Non
         elif isinstance(value, bool):
             out[key] = "true" if value else "false"
         elif isinstance(value, (str, int, float)):
+            if isinstance(value, int) and not -INT64_MAX <= value <= 2 * INT64_MAX + 1:
+                raise WireError(f"{what} '{key}' is an integer beyond the 64-bit range")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise WireError(f"{what} '{key}' is not a finite number (JSON has no NaN); send it as a string")
             text = value if isinstance(value, str) else repr(value)
             if len(text) > MAX_STRING_VALUE:
                 raise WireError(f"{what} '{key}' is longer than {MAX_STRING_VALUE} characters")
@@ -128,16 +136,37 @@ def _numeric_array(values: object, what: str, n: int | None, *, integer: bool = 
     if integer:
         if arr.dtype.kind not in "iu":
             raise WireError(f"'{what}' must be an array of integers")
+        if arr.dtype.kind == "u" and int(arr.max()) > INT64_MAX:
+            raise WireError(f"'{what}' holds an integer beyond the 64-bit signed range")
         return arr.astype(np.int64, copy=False)
     if arr.dtype.kind in "iuf":
-        return arr.astype(np.float64, copy=False)
+        out = arr.astype(np.float64, copy=False)
+        if np.isinf(out).any():
+            raise WireError(f"'{what}' holds a non-finite number; send NaN and infinities through 'nf'")
+        return out
     if arr.dtype.kind == "O":
         # null stands for "no numeric value here" (a string or non-finite value, see sv/nf)
         for x in values:
             if x is not None and (isinstance(x, bool) or not isinstance(x, (int, float))):
                 raise WireError(f"'{what}' must contain numbers or null, found {type(x).__name__}")
-        return np.array([math.nan if x is None else float(x) for x in values], dtype=np.float64)
+        try:
+            out = np.array([math.nan if x is None else float(x) for x in values], dtype=np.float64)
+        except OverflowError:
+            raise WireError(f"'{what}' holds a number beyond the float64 range") from None
+        if np.isinf(out).any():
+            raise WireError(f"'{what}' holds a non-finite number; send NaN and infinities through 'nf'")
+        return out
     raise WireError(f"'{what}' must be an array of numbers")
+
+
+def _times(event: dict[str, Any], n: int) -> np.ndarray:
+    """Per-item times `t` (default: the envelope's ts), each a valid timestamp."""
+    if event.get("t") is None:
+        return np.full(n, float(event["ts"]))
+    t = _numeric_array(event["t"], "t", n)
+    if np.isnan(t).any() or (t < 0).any() or (t >= MAX_TS).any():
+        raise WireError("'t' must hold seconds since the epoch, from 0 up to 2**32 (no null)")
+    return t
 
 
 def _sparse(obj: object, what: str, n: int) -> list[tuple[int, str]]:
@@ -161,6 +190,8 @@ def _validate_metrics(event: dict[str, Any]) -> None:
     names = event.get("names")
     if not isinstance(names, list) or not names:
         raise WireError("'names' must be a non-empty array of metric names")
+    if len(names) > MAX_POINTS_PER_EVENT:
+        raise WireError(f"{len(names)} metric names in one event; the limit is {MAX_POINTS_PER_EVENT}")
     for name in names:
         check_name(name, "metric name")
     m = _numeric_array(event.get("m"), "m", None, integer=True)
@@ -173,7 +204,7 @@ def _validate_metrics(event: dict[str, Any]) -> None:
         raise WireError("'m' holds an index outside 'names'")
     s = _numeric_array(event.get("s"), "s", n, integer=True)
     v = _numeric_array(event.get("x"), "x", n)
-    t = _numeric_array(event.get("t"), "t", n) if "t" in event else np.full(n, float(event["ts"]))
+    t = _times(event, n)
     sv = _sparse(event.get("sv"), "sv", n)
     nf = _sparse(event.get("nf"), "nf", n)
     for i, token in nf:
@@ -191,8 +222,8 @@ def _validate_metrics(event: dict[str, Any]) -> None:
 def _validate_table(event: dict[str, Any]) -> None:
     check_name(event.get("name"), "table name")
     row0 = event.get("row0", 0)
-    if not isinstance(row0, int) or isinstance(row0, bool) or row0 < 0:
-        raise WireError("'row0' must be a non-negative integer")
+    if not isinstance(row0, int) or isinstance(row0, bool) or not 0 <= row0 < MAX_ROW:
+        raise WireError("'row0' must be a non-negative integer below 2**53")
     columns = event.get("columns")
     if not isinstance(columns, dict) or not columns:
         raise WireError("'columns' must be a non-empty object of column -> array")
@@ -209,6 +240,10 @@ def _validate_table(event: dict[str, Any]) -> None:
             if x is None or isinstance(x, (int, float, str)) and not isinstance(x, bool):
                 if isinstance(x, str) and len(x) > MAX_STRING_VALUE:
                     raise WireError(f"a value in column '{col}' is too long")
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise WireError(f"column '{col}' holds a non-finite number; tables take finite numbers, strings or null")
+                if isinstance(x, int) and not -INT64_MAX <= x <= INT64_MAX:
+                    raise WireError(f"column '{col}' holds an integer beyond the 64-bit range")
                 continue
             raise WireError(f"column '{col}' holds a {type(x).__name__}; values must be numbers or strings")
     if not length:
@@ -230,8 +265,7 @@ def _validate_log(event: dict[str, Any]) -> None:
         if not isinstance(line, str):
             raise WireError("'lines' must contain strings")
     event["lines"] = [line[:MAX_LOG_LINE] for line in lines]
-    t = event.get("t")
-    event["_t"] = _numeric_array(t, "t", len(lines)) if t is not None else np.full(len(lines), float(event["ts"]))
+    event["_t"] = _times(event, len(lines))
 
 
 def _validate_file(event: dict[str, Any]) -> None:
@@ -243,7 +277,7 @@ def _validate_file(event: dict[str, Any]) -> None:
         raise WireError("'file_kind' must be 'file' or 'image'")
     event["file_kind"] = kind
     size = event.get("size", 0)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= INT64_MAX:
         raise WireError("'size' must be a non-negative integer")
     for key in ("content_type", "uri", "sha256", "name"):
         _str(event, key, required=False, limit=2048)
@@ -262,8 +296,8 @@ def validate(event: dict[str, Any]) -> dict[str, Any]:
     check_name(event.get("run"), "run id")
     check_name(event.get("project"), "project")
     ts = event.get("ts")
-    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
-        raise WireError("'ts' must be a finite number of seconds since the epoch")
+    if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not (0 <= ts < MAX_TS):
+        raise WireError("'ts' must be a number of seconds since the epoch, from 0 up to 2**32")
     if kind == "metrics":
         _validate_metrics(event)
     elif kind == "table":
