@@ -40,16 +40,12 @@ def coerce_value(value: Any, name: str) -> float | str:
             return float(value)
         except OverflowError:
             raise InvalidInput(f"value of {name!r} is too large for a float64") from None
-    item = getattr(value, "item", None)  # numpy scalars and 1-element tensors
-    if callable(item) and getattr(value, "size", getattr(value, "numel", lambda: 1)) in (1,):
-        return coerce_value(item(), name)
+    item = getattr(value, "item", None)  # numpy scalars, 1-element arrays and tensors
     if callable(item):
         try:
-            numel = value.numel() if hasattr(value, "numel") else value.size
-        except Exception:
-            numel = None
-        if numel == 1:
             return coerce_value(item(), name)
+        except (ValueError, TypeError, RuntimeError):  # item() refuses more than one element
+            pass
     raise InvalidInput(f"value of {name!r} must be a number or a string, got {type(value).__name__}: {value!r:.80}")
 
 
