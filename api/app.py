@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -20,6 +21,13 @@ from runstream.config import Settings
 from runstream.keys import KeyStore
 
 DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+
+
+def server_config(app: Any, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
+    """How the api is served. WebSocket compression is off: live frames are small and
+    frequent, and deflating each one for every subscriber cost the api process more CPU
+    than anything else in the fan-out (bench/live.py)."""
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", ws_per_message_deflate=False, **kwargs)
 
 
 def create_app(settings: Settings, store: Store, processor: Any = None) -> FastAPI:

@@ -280,7 +280,7 @@ class LiveHub:
         """Current state of the target's runs (runs the worker thread)."""
         if target[0] == "run":
             try:
-                run = queries.get_run(self.store, target[1], project)
+                run = queries.run_state(self.store, target[1], project)
             except queries.NotFound:
                 return []
             return [{k: run[k] for k in ("id", "name", "experiment", "project", "status", "last_seen", "created_at", "ended_at", "metrics", "tags")}]

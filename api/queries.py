@@ -66,17 +66,7 @@ def _scope(project: str | None, params: dict[str, Any], column: str = "project")
 
 
 def get_run(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
-    params: dict[str, Any] = {"run": run_id}
-    rows = store.query_dicts(f"SELECT {RUN_FIELDS} FROM runs FINAL WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)
-    if not rows:
-        # Points may arrive before (or without) a run_start event.
-        count = store.query_rows(f"SELECT count() FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)[0][0]
-        if not count:
-            raise NotFound(f"run {run_id!r} not found")
-        raise NotFound(f"run {run_id!r} has events but no state yet")
-    run = run_row_to_json(rows[0])
-    run["descriptions"] = dict(rows[0]["descriptions"])
-    run["metrics"] = metric_summaries(store, run_id, run["project"])
+    run = run_state(store, run_id, project)
     run["children"] = [
         {"id": r["run_id"], "name": r["name"], "status": r["status"]}
         for r in store.query_dicts(
@@ -97,6 +87,22 @@ def get_run(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
             {"run": run_id, "project": run["project"]},
         )
     ]
+    return run
+
+
+def run_state(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
+    """A run's row and metric summaries (what a live subscriber starts from)."""
+    params: dict[str, Any] = {"run": run_id}
+    rows = store.query_dicts(f"SELECT {RUN_FIELDS} FROM runs FINAL WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)
+    if not rows:
+        # Points may arrive before (or without) a run_start event.
+        count = store.query_rows(f"SELECT count() FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)[0][0]
+        if not count:
+            raise NotFound(f"run {run_id!r} not found")
+        raise NotFound(f"run {run_id!r} has events but no state yet")
+    run = run_row_to_json(rows[0])
+    run["descriptions"] = dict(rows[0]["descriptions"])
+    run["metrics"] = metric_summaries(store, run_id, run["project"])
     return run
 
 

@@ -99,7 +99,7 @@ def main() -> None:
 
     import uvicorn
 
-    from api.app import create_app
+    from api.app import create_app, server_config
     from bench.common import Pipeline, free_port, machine
     from processor.consumer import Processor
     from processor.store import get_store
@@ -112,7 +112,7 @@ def main() -> None:
     pipe.stores.append(store)
     port = free_port()
     app = create_app(pipe.settings, store, proc)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
     pipe.loop.call_soon_threadsafe(lambda: pipe.loop.create_task(server.serve()))
     while not server.started:
         time.sleep(0.05)

@@ -20,9 +20,11 @@ from ingest import capture
 from ingest.shipper import Shipper, get_shipper
 from ingest.values import InvalidInput, check_name, coerce_scalar_text, coerce_value
 from runstream.config import Settings
-from runstream.wire import MAX_LOG_LINE, TERMINAL_STATUSES, WIRE_VERSION
+from runstream.wire import MAX_LOG_LINE, PACKED_DTYPES, TERMINAL_STATUSES, WIRE_VERSION, pack
 
 _INF = math.inf
+# Steps are Int64 in storage; the last one logged must leave room for its successor.
+_STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
 _time = time.time
 # Points per metrics event: keeps each Kafka message well under a megabyte.
 EVENT_POINTS = 20_000
@@ -99,6 +101,7 @@ class Run:
         self._buf = _MetricBuffer()
         self._names: list[str] = []
         self._name_idx: dict[str, int] = {}
+        self._key_cache: dict[tuple[str, ...], list[int]] = {}  # log_metrics name sets seen before
         self._next_step: list[int] = []
         self._desc: dict[str, str] = {}
         self._table_rows: dict[str, int] = {}
@@ -173,7 +176,7 @@ class Run:
             value = coerce_value(value, name)
         if step is None:
             step = self._next_step[idx]
-        elif type(step) is not int:
+        elif type(step) is not int or not _STEP_MIN <= step < _STEP_MAX:
             step = self._check_step(step)
         self._next_step[idx] = step + 1
         if self._shipper.over_limit:
@@ -200,9 +203,11 @@ class Run:
             try:
                 import operator
 
-                return operator.index(step)
+                step = operator.index(step)
             except TypeError:
                 raise InvalidInput(f"step must be an integer, got {type(step).__name__}: {step!r}") from None
+        if not _STEP_MIN <= step < _STEP_MAX:
+            raise InvalidInput(f"step {step} is outside the 64-bit signed range")
         return int(step)
 
     @staticmethod
@@ -216,6 +221,41 @@ class Run:
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, description: str = "") -> None:
         """Log several metrics at one step (each at its own next index if step is None)."""
+        if type(metrics) is dict and type(step) is int and _STEP_MIN <= step < _STEP_MAX and not description:
+            # The training-loop case: the same known names every step, finite floats.
+            # Extending the columns with whole lists costs a few C calls, not a Python
+            # loop per value; anything unusual takes the general path below.
+            idxs = self._key_cache.get(tuple(metrics))
+            values = list(metrics.values())
+            if idxs is not None and all(type(v) is float for v in values):
+                total = sum(values)
+                if total - total == 0.0:  # finite sum: every value is finite
+                    self._append_row(idxs, values, step)
+                    return
+        self._log_metrics_general(metrics, step, description)
+
+    def _append_row(self, idxs: list[int], values: list[float], step: int) -> None:
+        n = len(idxs)
+        if self._shipper.over_limit:
+            self._shipper.drop(n)
+            return
+        now = _time()
+        next_step = self._next_step
+        with self._lock:
+            buf = self._buf  # read under the lock: the shipper swaps buffers
+            buf.v += values
+            buf.m += idxs
+            buf.s += [step] * n
+            buf.t += [now] * n
+            self._buffered += n
+            full = len(buf.m) >= EVENT_POINTS
+        for idx in idxs:
+            next_step[idx] = step + 1
+        self._points_logged += n
+        if full:
+            self._shipper.nudge()
+
+    def _log_metrics_general(self, metrics: Mapping[str, Any], step: int | None, description: str) -> None:
         if not isinstance(metrics, Mapping):
             raise InvalidInput(f"log_metrics takes a mapping of name -> value, got {type(metrics).__name__}")
         name_idx = self._name_idx
@@ -227,7 +267,9 @@ class Run:
             if type(value) is not float or not -_INF < value < _INF:
                 value = coerce_value(value, name)
             items.append((idx, value))
-        if step is not None and type(step) is not int:
+        if type(metrics) is dict and len(self._key_cache) < 1024:
+            self._key_cache[tuple(metrics)] = [idx for idx, _ in items]
+        if step is not None:
             step = self._check_step(step)
         if self._shipper.over_limit:
             self._shipper.drop(len(items))
@@ -514,6 +556,11 @@ class Run:
         with self._lock:
             self._seal()
             events, self._pending = self._pending, []
+        # Packing happens outside the lock, so the training thread never waits on it.
+        for event, points in events:
+            if points and event["kind"] == "metrics" and type(event["m"]) is list:
+                for column in PACKED_DTYPES:
+                    event[column] = pack(event[column], column)
         return events
 
     def _acked(self, points: int) -> None:

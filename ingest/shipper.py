@@ -156,7 +156,7 @@ class Shipper:
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.settings.kafka,
                 enable_idempotence=True,
-                compression_type="lz4",
+                compression_type=self.settings.kafka_compression,
                 linger_ms=10,
                 max_batch_size=1024 * 1024,
                 max_request_size=8 * 1024 * 1024,

@@ -33,6 +33,7 @@ from runstream.wire import WireError, decode, validate
 log = logging.getLogger("runstream.processor")
 
 MAX_RUN_CACHE = 100_000
+DATA_TABLES = tuple(t for t in WATERMARKED_TABLES if t != "ingested_events")
 
 
 @dataclass
@@ -74,13 +75,27 @@ async def ensure_topics(settings: Settings) -> None:
         await admin.close()
 
 
+@dataclass
+class _Prepared:
+    built: batching.Batch
+    run_rows: list[Any]
+    events: list[dict[str, Any]]
+    status_changes: dict[str, str]
+    dead: list[tuple[Any, str]]
+    commit: dict[TopicPartition, int]
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Wait for the batch in flight so its offsets are committed by this owner.
+        # Records polled but not yet prepared are dropped (the next owner reads them from
+        # the committed offset); the batch being prepared or written finishes and is
+        # committed by this owner first, so no record is written by two owners.
+        self.processor._revocations += 1
         async with self.processor._work_lock:
+            await self.processor.wait_inflight()
             await self.processor.flush_commits()
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -95,8 +110,8 @@ class Processor:
         *,
         group_id: str | None = None,
         publish_live: bool = True,
-        max_records: int = 20_000,
-        batch_window: float = 0.05,
+        max_records: int = 50_000,
+        batch_window: float = 0.005,
         fail_injector: Any = None,
     ) -> None:
         self.settings = settings
@@ -117,6 +132,8 @@ class Processor:
         self._task: asyncio.Task[None] | None = None
         self._pending_commit: dict[TopicPartition, int] = {}
         self._commit_task: asyncio.Task[None] | None = None
+        self._inflight: asyncio.Task[bool] | None = None
+        self._revocations = 0
         self.ready = asyncio.Event()
 
     # --- lifecycle ---
@@ -157,35 +174,74 @@ class Processor:
             await self._producer.stop()
 
     async def _run(self) -> None:
+        """Poll, prepare, write, with the write of one batch overlapping the polling and
+        preparing of the next: the insert runs in the store's thread (the engine releases
+        the GIL), and the records that arrive meanwhile become the next, larger batch."""
         assert self._consumer is not None
-        while not self._stopping.is_set():
-            try:
-                data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
-            except Exception as exc:  # broker hiccups must not end the loop
-                log.warning("poll failed: %s", exc)
-                await asyncio.sleep(0.5)
-                continue
-            if not data:
-                self.ready.set()
+        try:
+            while not self._stopping.is_set():
+                epoch = self._revocations
+                try:
+                    data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
+                except Exception as exc:  # broker hiccups must not end the loop
+                    log.warning("poll failed: %s", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                if not data:
+                    if self._inflight is None or self._inflight.done():
+                        self.ready.set()
+                    self._update_lag()
+                    continue
+                data = await self._accumulate(data, epoch)
+                if not data:
+                    continue
+                async with self._work_lock:
+                    prepared = await self._prepare(data)
+                    previous = self._inflight
+                    self._inflight = asyncio.create_task(self._finish(prepared, previous))
                 self._update_lag()
-                continue
-            data = await self._fill_window(data)
-            async with self._work_lock:
-                await self._handle(data)
-            self._update_lag()
-            self.ready.set()
+        finally:
+            await self.wait_inflight()
 
-    async def _fill_window(self, data: dict[TopicPartition, list[Any]]) -> dict[TopicPartition, list[Any]]:
-        """Keep polling for up to batch_window seconds: ClickHouse wants few large inserts
-        (every insert is a part to merge), live latency wants short waits."""
+    async def wait_inflight(self) -> None:
+        task = self._inflight
+        if task is not None:
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _accumulate(self, data: dict[TopicPartition, list[Any]], epoch: int) -> dict[TopicPartition, list[Any]]:
+        """Grow the batch while the previous one is still being written (or, when idle,
+        for batch_window seconds): few large inserts suit ClickHouse, and an idle
+        pipeline starts writing at once."""
         assert self._consumer is not None
         count = sum(len(v) for v in data.values())
         deadline = time.monotonic() + self.batch_window
-        while count < self.max_records and (left := deadline - time.monotonic()) > 0:
-            more = await self._consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=self.max_records - count)
+        while count < self.max_records:
+            inflight = self._inflight
+            if inflight is not None and not inflight.done():
+                # The consumer keeps fetching in the background; take what it has once the write is done.
+                await asyncio.wait({inflight})
+                timeout_ms = 0
+            else:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                timeout_ms = max(1, int(left * 1000))
+            more = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records - count)
+            if not more and timeout_ms == 0:
+                break
+            if self._revocations != epoch:
+                # A rebalance happened meanwhile: what was polled before it may belong to another owner now.
+                epoch = self._revocations
+                assigned = self._consumer.assignment()
+                data = {}
+                more = {tp: msgs for tp, msgs in more.items() if tp in assigned}
+                count = 0
             for tp, messages in more.items():
                 data.setdefault(tp, []).extend(messages)
                 count += len(messages)
+        if self._revocations != epoch:
+            assigned = self._consumer.assignment()
+            data = {tp: msgs for tp, msgs in data.items() if tp in assigned}
         return data
 
     def _update_lag(self) -> None:
@@ -277,7 +333,7 @@ class Processor:
             try:
                 if self._fail_injector is not None:
                     self._fail_injector(what)
-                result = await self.store.call(fn)
+                result = await self.store.call_write(fn)
                 if not self.stats.clickhouse_ok:
                     log.warning("ClickHouse answers again; resuming")
                 self.stats.clickhouse_ok = True
@@ -294,7 +350,10 @@ class Processor:
                 delay = min(delay * 2, 5.0)
 
     # --- one batch ---
-    async def _handle(self, data: dict[TopicPartition, list[Any]]) -> None:
+    async def _prepare(self, data: dict[TopicPartition, list[Any]]) -> _Prepared:
+        """Decode, validate, dedupe and build the inserts; apply run-state changes.
+        Caches (run state, seen ids) move forward here, before the write: the write is
+        retried until it succeeds, and the next batch is prepared while it runs."""
         t0 = time.perf_counter()
         records: list[batching.Record] = []
         dead: list[tuple[Any, str]] = []
@@ -303,7 +362,7 @@ class Processor:
         for tp, messages in data.items():
             if not messages:
                 continue
-            commit[tp] = messages[-1].offset + 1
+            commit[tp] = max(m.offset for m in messages) + 1
             done = ingested.get((tp.topic, tp.partition), -1)
             for msg in messages:
                 self.stats.events_in += 1
@@ -337,23 +396,38 @@ class Processor:
         status_changes: dict[str, str] = {}
         for rec in fresh:
             ev = rec.event
-            state = self.runs[ev["run"]]
-            changed = apply(state, ev)
+            changed = apply(self.runs[ev["run"]], ev)
             if changed:
                 status_changes[ev["run"]] = changed
         now_version = time.time_ns()
-        dirty = [s for s in self.runs.values() if s.dirty]
-        run_rows = [s.row(now_version) for s in dirty]
+        dirty = [st for st in self.runs.values() if st.dirty]
+        run_rows = [st.row(now_version) for st in dirty]
+        for st in dirty:
+            st.dirty = False
+            st.persisted_last_seen = st.last_seen
+        for rec in fresh:
+            self.seen_ids.setdefault(rec.event["run"], set()).add(rec.event["id"])
+        t2 = time.perf_counter()
+        self.stats.seconds["decode"] += t1 - t0
+        self.stats.seconds["prepare"] += t2 - t1
+        return _Prepared(built, run_rows, [r.event for r in fresh], status_changes, dead, commit)
 
+    async def _finish(self, batch: _Prepared, previous: asyncio.Task[bool] | None) -> bool:
+        """Write (after the previous batch: live updates and commits stay in order),
+        then dead letters, the live update and the offset commit. False when the batch
+        was not written (stopping), and then no later batch commits either."""
+        if previous is not None and not await previous:
+            return False
+        built = batch.built
         done_tables: set[str] = set()  # a retry after a partial failure resumes where it stopped
 
-        def write() -> None:
-            for table in WATERMARKED_TABLES:
+        def write(tables: tuple[str, ...]) -> None:
+            for table in tables:
                 if table in done_tables:
                     continue
                 if table == "ingested_events":
                     # Runs go before ingested_events: an event found there has had every effect.
-                    self.store.insert_rows("runs", run_rows, RUN_COLUMNS)
+                    self.store.insert_rows("runs", batch.run_rows, RUN_COLUMNS)
                 data_table = built.tables.get(table)
                 if data_table is not None:
                     self.store.insert_arrow(table, data_table)
@@ -364,27 +438,36 @@ class Processor:
                         marks[key] = max(marks.get(key, -1), offset)
 
         t2 = time.perf_counter()
-        await self._with_retry(write, "insert batch")
-        t3 = time.perf_counter()
-        for state in dirty:
-            state.dirty = False
-            state.persisted_last_seen = state.last_seen
-        for rec in fresh:
-            self.seen_ids.setdefault(rec.event["run"], set()).add(rec.event["id"])
+        try:
+            # The data first: once points and log lines are stored the live update can go
+            # out, while the run rows and the ingested-events ledger are written.
+            await self._with_retry(lambda: write(DATA_TABLES), "insert batch")
+            live = None
+            if self.publish_live and batch.events:
+                live = asyncio.create_task(self._publish_live(batch.events, batch.status_changes))
+            await self._with_retry(lambda: write(("ingested_events",)), "insert batch")
+        except Exception as exc:  # only when stopping: the batch stays uncommitted and is replayed
+            log.warning("batch not written before stop (it will be replayed): %s", exc)
+            return False
+        t3b = time.perf_counter()
         self.stats.batches += 1
         self.stats.points_written += built.points
         self.stats.events_written += built.events
         self.stats.events_skipped += built.skipped
 
-        if dead:
-            await self._dead_letter(dead)
-        if self.publish_live and fresh:
-            await self._publish_live([r.event for r in fresh], status_changes)
+        if batch.dead:
+            try:
+                await self._dead_letter(batch.dead)
+            except Exception as exc:  # the events are logged with their reasons; keep the pipeline going
+                log.error("dead-letter topic not written: %s", exc)
+        if live is not None:
+            await live
         t4 = time.perf_counter()
-        self._schedule_commit(commit)
+        self._schedule_commit(batch.commit)
         t5 = time.perf_counter()
-        for phase, spent in (("decode", t1 - t0), ("prepare", t2 - t1), ("write", t3 - t2), ("live", t4 - t3), ("commit", t5 - t4)):
+        for phase, spent in (("write", t3b - t2), ("live", t4 - t3b), ("commit", t5 - t4)):
             self.stats.seconds[phase] += spent
+        return True
 
     def _schedule_commit(self, offsets: dict[TopicPartition, int]) -> None:
         """Commit in the background: the rows are already stored, and a replay of an

@@ -1,9 +1,11 @@
-"""The ClickHouse connection: one clickhouse-connect client for both DSN kinds.
+"""The ClickHouse connection: one clickhouse-connect client per thread, both DSN kinds.
 
 `chdb://PATH` runs the embedded engine in this process; `http(s)://` talks to a
-server. The embedded engine refuses clickhouse-connect's async client and one
-process can host one engine path, so every call goes through one worker thread
-owned by a process-wide Store per DSN, shared by processor and api.
+server. The embedded engine refuses clickhouse-connect's async client, so calls
+run on worker threads, each with its own connection (chdb allows many handles
+to the one engine a process can host, and runs their queries in parallel).
+Writes have a thread of their own: a dashboard's reads never queue in front of
+the processor's inserts. One process-wide Store per DSN, shared by processor and api.
 """
 
 from __future__ import annotations
@@ -48,14 +50,12 @@ class Store:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
         self.embedded = dsn.startswith("chdb://")
-        self._executor = ThreadPoolExecutor(max_workers=1 if self.embedded else 4, thread_name_prefix="clickhouse")
+        self._executor = ThreadPoolExecutor(max_workers=2 if self.embedded else 4, thread_name_prefix="clickhouse-read")
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-write")
         self._local = threading.local()
-        self._client = _make_client(dsn) if self.embedded else None
         migrate(self.client())
 
     def client(self) -> Client:
-        if self._client is not None:
-            return self._client
         client = getattr(self._local, "client", None)
         if client is None:
             client = _make_client(self.dsn)
@@ -85,8 +85,14 @@ class Store:
 
     # --- async API ---
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run fn on a reader thread."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
+
+    async def call_write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run fn on the writer thread: the processor's inserts and its own reads, in order."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._writer, lambda: fn(*args, **kwargs))
 
     async def aquery_dicts(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self.call(self.query_dicts, sql, params, settings)

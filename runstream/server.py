@@ -44,10 +44,10 @@ async def serve(
     stop_demo = threading.Event()
     try:
         if api:
-            from api.app import create_app
+            from api.app import create_app, server_config
 
             app = create_app(settings, store, proc)
-            config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
+            config = server_config(app, host, port, lifespan="on")
             server = uvicorn.Server(config)
             if demo is not None:
                 from runstream.demo import run_demo

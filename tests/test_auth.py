@@ -22,7 +22,7 @@ import websockets
 from fastapi.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from api.app import create_app
+from api.app import create_app, server_config
 from ingest import Experiment
 from runstream.keys import KeyStore
 from tests.conftest import Stack, free_port, wait_until
@@ -200,7 +200,7 @@ def test_a_real_server_closes_a_keyless_websocket_with_4401(stack: Stack, tmp_pa
     KeyStore(tmp_path / "keys.json").create("alpha")
     app = create_app(stack.settings.with_(home=tmp_path), stack.store)
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, lifespan="off"))
     stack.loop.call_soon_threadsafe(lambda: stack.loop.create_task(server.serve()))
     wait_until(lambda: server.started, 15, what="server start")
     try:
