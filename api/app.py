@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,23 @@ def server_config(app: Any, host: str, port: int, **kwargs: Any) -> uvicorn.Conf
     frequent, and deflating each one for every subscriber cost the api process more CPU
     than anything else in the fan-out (bench/live.py)."""
     return uvicorn.Config(app, host=host, port=port, log_level="warning", ws_per_message_deflate=False, **kwargs)
+
+
+# Kernel send buffer per connection. Left to autotuning, loopback and LAN sockets grow it
+# to megabytes, which hides a slow WebSocket subscriber from the hub: its updates sit in
+# the socket instead of being coalesced, and it sees seconds-old points. 256 KiB still
+# fills a LAN link for file downloads.
+SEND_BUFFER_BYTES = 256 * 1024
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """The api's listening socket; accepted connections inherit its send buffer."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    sock.bind((host, port))
+    return sock
 
 
 def create_app(settings: Settings, store: Store, processor: Any = None) -> FastAPI:

@@ -133,6 +133,7 @@ class Processor:
         self._pending_commit: dict[TopicPartition, int] = {}
         self._commit_task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[bool] | None = None
+        self._data_done: asyncio.Future[bool] | None = None  # the batch in flight has its data tables written
         self._revocations = 0
         self.ready = asyncio.Event()
 
@@ -197,8 +198,9 @@ class Processor:
                     continue
                 async with self._work_lock:
                     prepared = await self._prepare(data)
-                    previous = self._inflight
-                    self._inflight = asyncio.create_task(self._finish(prepared, previous))
+                    previous, previous_data = self._inflight, self._data_done
+                    self._data_done = asyncio.get_running_loop().create_future()
+                    self._inflight = asyncio.create_task(self._finish(prepared, previous, previous_data, self._data_done))
                 self._update_lag()
         finally:
             await self.wait_inflight()
@@ -216,10 +218,11 @@ class Processor:
         count = sum(len(v) for v in data.values())
         deadline = time.monotonic() + self.batch_window
         while count < self.max_records:
-            inflight = self._inflight
-            if inflight is not None and not inflight.done():
-                # The consumer keeps fetching in the background; take what it has once the write is done.
-                await asyncio.wait({inflight})
+            writing = self._data_done
+            if writing is not None and not writing.done():
+                # The consumer keeps fetching in the background; take what it has once the
+                # data tables are written (the ledger of that batch overlaps the next one).
+                await asyncio.wait({writing})
                 timeout_ms = 0
             else:
                 left = deadline - time.monotonic()
@@ -327,13 +330,13 @@ class Processor:
             old, _ = self.runs.popitem(last=False)
             self.seen_ids.pop(old, None)
 
-    async def _with_retry(self, fn: Any, what: str) -> Any:
+    async def _with_retry(self, fn: Any, what: str, lane: int = 0) -> Any:
         delay = 0.1
         while True:
             try:
                 if self._fail_injector is not None:
                     self._fail_injector(what)
-                result = await self.store.call_write(fn)
+                result = await self.store.call_write(fn, lane=lane)
                 if not self.stats.clickhouse_ok:
                     log.warning("ClickHouse answers again; resuming")
                 self.stats.clickhouse_ok = True
@@ -412,12 +415,22 @@ class Processor:
         self.stats.seconds["prepare"] += t2 - t1
         return _Prepared(built, run_rows, [r.event for r in fresh], status_changes, dead, commit)
 
-    async def _finish(self, batch: _Prepared, previous: asyncio.Task[bool] | None) -> bool:
-        """Write (after the previous batch: live updates and commits stay in order),
-        then dead letters, the live update and the offset commit. False when the batch
-        was not written (stopping), and then no later batch commits either."""
-        if previous is not None and not await previous:
-            return False
+    async def _finish(
+        self, batch: _Prepared, previous: asyncio.Task[bool] | None, previous_data: asyncio.Future[bool] | None, data_done: asyncio.Future[bool]
+    ) -> bool:
+        """Write the data tables (after the previous batch's: a table's inserts stay in
+        offset order, which its watermark relies on), publish the live update, then write
+        the ledger (after the previous batch's ledger and commit) and commit. False when
+        the batch was not written (stopping), and then no later batch writes or commits."""
+        try:
+            return await self._write_batch(batch, previous, previous_data, data_done)
+        finally:
+            if not data_done.done():  # never leave the next batch waiting
+                data_done.set_result(False)
+
+    async def _write_batch(
+        self, batch: _Prepared, previous: asyncio.Task[bool] | None, previous_data: asyncio.Future[bool] | None, data_done: asyncio.Future[bool]
+    ) -> bool:
         built = batch.built
         done_tables: set[str] = set()  # a retry after a partial failure resumes where it stopped
 
@@ -439,15 +452,26 @@ class Processor:
 
         t2 = time.perf_counter()
         try:
+            if previous_data is not None and not await previous_data:
+                data_done.set_result(False)
+                return False
             # The data first: once points and log lines are stored the live update can go
             # out, while the run rows and the ingested-events ledger are written.
-            await self._with_retry(lambda: write(DATA_TABLES), "insert batch")
-            live = None
-            if self.publish_live and batch.events:
-                live = asyncio.create_task(self._publish_live(batch.events, batch.status_changes))
-            await self._with_retry(lambda: write(("ingested_events",)), "insert batch")
+            await self._with_retry(lambda: write(DATA_TABLES), "insert batch", lane=0)
         except Exception as exc:  # only when stopping: the batch stays uncommitted and is replayed
             log.warning("batch not written before stop (it will be replayed): %s", exc)
+            data_done.set_result(False)
+            return False
+        data_done.set_result(True)
+        live = None
+        if self.publish_live and batch.events:
+            live = asyncio.create_task(self._publish_live(batch.events, batch.status_changes))
+        try:
+            if previous is not None and not await previous:
+                return False
+            await self._with_retry(lambda: write(("ingested_events",)), "insert batch", lane=1)
+        except Exception as exc:
+            log.warning("batch ledger not written before stop (it will be replayed): %s", exc)
             return False
         t3b = time.perf_counter()
         self.stats.batches += 1

@@ -51,7 +51,9 @@ class Store:
         self.dsn = dsn
         self.embedded = dsn.startswith("chdb://")
         self._executor = ThreadPoolExecutor(max_workers=2 if self.embedded else 4, thread_name_prefix="clickhouse-read")
-        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-write")
+        # Two single-thread lanes: a batch's data tables on one, the previous batch's
+        # ledger (runs, ingested_events) on the other, each in order.
+        self._writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clickhouse-write{i}") for i in range(2)]
         self._local = threading.local()
         migrate(self.client())
 
@@ -89,10 +91,10 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
-    async def call_write(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run fn on the writer thread: the processor's inserts and its own reads, in order."""
+    async def call_write(self, fn: Callable[..., T], *args: Any, lane: int = 0, **kwargs: Any) -> T:
+        """Run fn on a writer lane (one thread each, calls in order): the processor's inserts and its own reads."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self._writers[lane], lambda: fn(*args, **kwargs))
 
     async def aquery_dicts(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self.call(self.query_dicts, sql, params, settings)

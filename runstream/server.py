@@ -44,7 +44,7 @@ async def serve(
     stop_demo = threading.Event()
     try:
         if api:
-            from api.app import create_app, server_config
+            from api.app import create_app, listen_socket, server_config
 
             app = create_app(settings, store, proc)
             config = server_config(app, host, port, lifespan="on")
@@ -54,7 +54,7 @@ async def serve(
 
                 threading.Thread(target=run_demo, kwargs={"settings": settings, "stop": stop_demo, **demo}, daemon=True).start()
             print(f"runstream dashboard: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}/", flush=True)
-            await server.serve()
+            await server.serve(sockets=[listen_socket(host, port)])
         else:
             done = asyncio.Event()
             loop = asyncio.get_running_loop()

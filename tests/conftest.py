@@ -99,13 +99,13 @@ class Stack:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start(self) -> None:
-        from api.app import create_app, server_config
+        from api.app import create_app, listen_socket, server_config
 
         self.processor = Processor(self.settings, self.store)
         self.run(self.processor.start())
         app = create_app(self.settings, self.store, self.processor)
         self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port, lifespan="on"))
-        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.server.serve()))  # type: ignore[union-attr]
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self.server.serve(sockets=[listen_socket("127.0.0.1", self.port)])))  # type: ignore[union-attr]
         wait_until(lambda: self.server is not None and self.server.started, 30, what="api server start")
 
     def stop(self) -> None:
