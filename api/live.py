@@ -34,9 +34,20 @@ SNAPSHOT_RUNS = 1000
 Target = tuple[str, str]  # ("run", id) or ("experiment", name)
 
 
+def _range(slot: dict[str, Any]) -> tuple[float | None, float | None]:
+    """A slot's finite min and max: its own fields and the values it carries."""
+    lo, hi = slot.get("min"), slot.get("max")
+    finite = [x for x in slot.get("v", ()) if isinstance(x, (int, float)) and x == x]
+    if finite:
+        lo = min(finite) if lo is None else min(lo, *finite)
+        hi = max(finite) if hi is None else max(hi, *finite)
+    return lo, hi
+
+
 def merge_update(into: dict[str, Any], new: dict[str, Any]) -> bool:
     """Merge `new` into the pending `into` for the same run; True if something was cut."""
     cut = False
+    compact = bool(into.get("compact"))
     for name, slot in new.get("metrics", {}).items():
         metrics = into.setdefault("metrics", {})
         old = metrics.get(name)
@@ -45,15 +56,20 @@ def merge_update(into: dict[str, Any], new: dict[str, Any]) -> bool:
             if slot.get("truncated"):
                 metrics[name]["truncated"] = True
             continue
+        # The range first: a compact update keeps only its newest point, so the points
+        # it drops must be counted in min/max here.
+        (lo1, hi1), (lo2, hi2) = _range(old), _range(slot)
+        los, his = [x for x in (lo1, lo2) if x is not None], [x for x in (hi1, hi2) if x is not None]
+        if los:
+            old["min"] = min(los)
+        if his:
+            old["max"] = max(his)
         old["s"].extend(slot["s"])
         old["v"].extend(slot["v"])
-        for key, pick in (("min", min), ("max", max)):
-            if key in slot:
-                old[key] = slot[key] if key not in old else pick(old[key], slot[key])
-        old["n"] = old.get("n", 0) + slot.get("n", len(slot["s"]))
+        old["n"] = old.get("n", len(old["s"]) - len(slot["s"])) + slot.get("n", len(slot["s"]))
         if slot.get("truncated"):
             old["truncated"] = True
-        if old.get("latest_only"):
+        if compact:
             del old["s"][:-1]
             del old["v"][:-1]
         elif len(old["s"]) > MAX_POINTS_PER_METRIC:
@@ -81,16 +97,23 @@ def merge_update(into: dict[str, Any], new: dict[str, Any]) -> bool:
 
 
 def compact_update(update: dict[str, Any]) -> dict[str, Any]:
-    """The update with each metric cut to its newest point plus the batch's min/max."""
+    """What a runs list needs: per metric the newest point, and the batch's min/max only
+    when they differ from it (most live batches carry one point per metric). Experiment
+    watchers get these for every run, so their size is most of the api's traffic."""
     metrics = update.get("metrics")
     if not metrics:
         return update
     out = dict(update)
+    out["compact"] = True
     out["metrics"] = {}
     for name, slot in metrics.items():
-        small = {"s": slot["s"][-1:], "v": slot["v"][-1:], "n": slot.get("n", len(slot["s"])), "latest_only": True}
+        small: dict[str, Any] = {"s": slot["s"][-1:], "v": slot["v"][-1:]}
+        n = slot.get("n", len(slot["s"]))
+        if n != 1:
+            small["n"] = n
+        last = small["v"][0] if small["v"] else None
         for key in ("min", "max"):
-            if key in slot:
+            if key in slot and slot[key] != last:
                 small[key] = slot[key]
         out["metrics"][name] = small
     if "logs" in out:

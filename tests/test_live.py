@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from api.live import MAX_POINTS_PER_METRIC, LiveHub, Subscriber, merge_update
+from api.live import MAX_POINTS_PER_METRIC, LiveHub, Subscriber, compact_update, merge_update
 from ingest import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack, wait_until
@@ -185,3 +185,14 @@ def test_subscriber_queue_blocks_without_blocking_dispatch() -> None:
         assert max(u["metrics"]["m"]["s"][-1] for u in updates) >= 9997
 
     asyncio.run(scenario())
+
+
+def test_compact_updates_stay_small_and_coalesce_to_the_true_range() -> None:
+    one = compact_update({"type": "update", "run": "r", "metrics": {"loss": {"s": [7], "v": [5.0], "n": 1, "min": 5.0, "max": 5.0}}})
+    assert one["metrics"]["loss"] == {"s": [7], "v": [5.0]} and one["compact"] is True
+    many = compact_update({"type": "update", "run": "r", "metrics": {"loss": {"s": [8, 9], "v": [0.5, 1.0], "n": 2, "min": 0.5, "max": 1.0}}})
+    assert many["metrics"]["loss"] == {"s": [9], "v": [1.0], "n": 2, "min": 0.5}
+    pending = {**one, "metrics": {k: {**v, "s": list(v["s"]), "v": list(v["v"])} for k, v in one["metrics"].items()}}
+    merge_update(pending, many)
+    merge_update(pending, compact_update({"type": "update", "run": "r", "metrics": {"loss": {"s": [10], "v": [3.0], "n": 1}}}))
+    assert pending["metrics"]["loss"] == {"s": [10], "v": [3.0], "n": 4, "min": 0.5, "max": 5.0}
