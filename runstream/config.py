@@ -12,12 +12,21 @@ def _env(name: str, default: str) -> str:
     return value if value else default
 
 
-def _compression(value: str) -> str | None:
+def _loopback(bootstrap: str) -> bool:
+    hosts = [part.strip().rsplit(":", 1)[0].strip("[]") for part in bootstrap.split(",") if part.strip()]
+    return bool(hosts) and all(h in ("localhost", "::1") or h.startswith("127.") for h in hosts)
+
+
+def compression_for(value: str, bootstrap: str) -> str | None:
+    """The producer compression for RUNSTREAM_KAFKA_COMPRESSION (auto: none for a broker on
+    this host, where lz4 only costs the training process CPU; lz4 across a network)."""
     value = value.strip().lower()
+    if value == "auto":
+        return None if _loopback(bootstrap) else "lz4"
     if value in ("", "none"):
         return None
     if value not in ("gzip", "snappy", "lz4", "zstd"):
-        raise ValueError(f"RUNSTREAM_KAFKA_COMPRESSION must be none, gzip, snappy, lz4 or zstd; got {value!r}")
+        raise ValueError(f"RUNSTREAM_KAFKA_COMPRESSION must be auto, none, gzip, snappy, lz4 or zstd; got {value!r}")
     return value
 
 
@@ -35,8 +44,15 @@ class Settings:
     partitions: int = field(default_factory=lambda: int(_env("RUNSTREAM_PARTITIONS", "8")))
     group_id: str = field(default_factory=lambda: _env("RUNSTREAM_GROUP", "runstream-processor"))
     # Producer compression of the client's events: lz4 shrinks packed columns ~4x on the
-    # wire but costs the training process CPU; "none" suits a broker on the same host.
-    kafka_compression: str | None = field(default_factory=lambda: _compression(_env("RUNSTREAM_KAFKA_COMPRESSION", "lz4")))
+    # wire but costs the training process CPU (see compression_for).
+    kafka_compression_setting: str = field(default_factory=lambda: _env("RUNSTREAM_KAFKA_COMPRESSION", "auto"))
+
+    def __post_init__(self) -> None:
+        compression_for(self.kafka_compression_setting, self.kafka)  # a bad value fails here, not in the shipper thread
+
+    @property
+    def kafka_compression(self) -> str | None:
+        return compression_for(self.kafka_compression_setting, self.kafka)
 
     @property
     def clickhouse_dsn(self) -> str:

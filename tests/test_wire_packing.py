@@ -133,3 +133,14 @@ def test_live_updates_for_a_few_points_carry_every_point() -> None:
     (update,) = build_updates([_event("r", ["loss"], [0, 0], [0, 1], [0.5, 0.25])], {"r": "exp"}, {"r": "Completed"})
     assert update["metrics"]["loss"] == {"s": [0, 1], "v": [0.5, 0.25], "n": 2, "min": 0.25, "max": 0.5}
     assert update["status"] == "Completed"
+
+
+def test_producer_compression_is_none_on_this_host_and_lz4_across_a_network() -> None:
+    from runstream.config import compression_for
+
+    assert compression_for("auto", "localhost:9092") is None
+    assert compression_for("auto", "127.0.0.1:9092,[::1]:9093") is None
+    assert compression_for("auto", "127.0.0.1:9092,kafka-1:9092") == "lz4"
+    assert compression_for("ZSTD", "localhost:9092") == "zstd" and compression_for("none", "kafka:9092") is None
+    with pytest.raises(ValueError, match="RUNSTREAM_KAFKA_COMPRESSION"):
+        Settings().with_(kafka_compression_setting="brotli")
