@@ -23,7 +23,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from processor import batch as batching
-from processor.live import build_updates
+from processor.live import RunKey, build_updates
 from processor.runstate import RUN_COLUMNS, RunState, apply
 from processor.schema import WATERMARKED_TABLES
 from processor.store import Store
@@ -80,7 +80,7 @@ class _Prepared:
     built: batching.Batch
     run_rows: list[Any]
     events: list[dict[str, Any]]
-    status_changes: dict[str, str]
+    status_changes: dict[RunKey, str]
     dead: list[tuple[Any, str]]
     commit: dict[TopicPartition, int]
 
@@ -122,8 +122,9 @@ class Processor:
         self.batch_window = batch_window
         self.stats = ProcessorStats()
         self.watermarks: batching.Watermarks = {t: {} for t in WATERMARKED_TABLES}
-        self.runs: OrderedDict[str, RunState] = OrderedDict()
-        self.seen_ids: dict[str, set[str]] = {}
+        # Keyed by (project, run id): a run id is unique only within its project.
+        self.runs: OrderedDict[RunKey, RunState] = OrderedDict()
+        self.seen_ids: dict[RunKey, set[str]] = {}
         self._fail_injector = fail_injector
         self._work_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -288,21 +289,24 @@ class Processor:
                 del self.watermarks[table][key]
             self.watermarks[table].update(marks)
 
-    async def _load_runs(self, keys: set[tuple[str, str]]) -> None:
-        missing = [k for k in keys if k[1] not in self.runs]
+    async def _load_runs(self, keys: set[RunKey]) -> None:
+        missing = [k for k in keys if k not in self.runs]
         if not missing:
             return
-        ids = [run for _, run in missing]
+        ids = sorted({run for _, run in missing})
+        projects = sorted({project for project, _ in missing})
 
-        def load() -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
-            rows = self.store.query_dicts("SELECT * FROM runs FINAL WHERE run_id IN {ids:Array(String)}", {"ids": ids})
-            seen = self.store.query_rows("SELECT run_id, event_id FROM ingested_events WHERE run_id IN {ids:Array(String)}", {"ids": ids})
+        def load() -> tuple[list[dict[str, Any]], list[tuple[str, str, str]]]:
+            params = {"ids": ids, "projects": projects}
+            where = "WHERE run_id IN {ids:Array(String)} AND project IN {projects:Array(String)}"
+            rows = self.store.query_dicts(f"SELECT * FROM runs FINAL {where}", params)
+            seen = self.store.query_rows(f"SELECT project, run_id, event_id FROM ingested_events {where}", params)
             return rows, seen
 
         rows, seen = await self._with_retry(load, "load runs")
-        by_id = {r["run_id"]: r for r in rows}
+        by_key = {(r["project"], r["run_id"]): r for r in rows}
         for project, run in missing:
-            row = by_id.get(run)
+            row = by_key.get((project, run))
             if row is None:
                 state = RunState(project=project, run_id=run)
             else:
@@ -322,10 +326,12 @@ class Processor:
                     descriptions=dict(row["descriptions"]),
                 )
                 state.persisted_last_seen = state.last_seen
-            self.runs[run] = state
-            self.seen_ids.setdefault(run, set())
-        for run, event_id in seen:
-            self.seen_ids.setdefault(run, set()).add(event_id)
+            self.runs[(project, run)] = state
+            self.seen_ids.setdefault((project, run), set())
+        wanted = set(missing)
+        for project, run, event_id in seen:
+            if (project, run) in wanted:
+                self.seen_ids[(project, run)].add(event_id)
         while len(self.runs) > MAX_RUN_CACHE:
             old, _ = self.runs.popitem(last=False)
             self.seen_ids.pop(old, None)
@@ -389,19 +395,20 @@ class Processor:
         batch_ids: set[str] = set()
         for rec in records:
             eid = rec.event["id"]
-            if eid in batch_ids or eid in self.seen_ids.get(rec.event["run"], ()):
+            if eid in batch_ids or eid in self.seen_ids.get((rec.event["project"], rec.event["run"]), ()):
                 self.stats.events_skipped += 1
                 continue
             batch_ids.add(eid)
             fresh.append(rec)
 
         built = batching.build(fresh, self.watermarks)
-        status_changes: dict[str, str] = {}
+        status_changes: dict[RunKey, str] = {}
         for rec in fresh:
             ev = rec.event
-            changed = apply(self.runs[ev["run"]], ev)
+            key = (ev["project"], ev["run"])
+            changed = apply(self.runs[key], ev)
             if changed:
-                status_changes[ev["run"]] = changed
+                status_changes[key] = changed
         now_version = time.time_ns()
         dirty = [st for st in self.runs.values() if st.dirty]
         run_rows = [st.row(now_version) for st in dirty]
@@ -409,7 +416,7 @@ class Processor:
             st.dirty = False
             st.persisted_last_seen = st.last_seen
         for rec in fresh:
-            self.seen_ids.setdefault(rec.event["run"], set()).add(rec.event["id"])
+            self.seen_ids.setdefault((rec.event["project"], rec.event["run"]), set()).add(rec.event["id"])
         t2 = time.perf_counter()
         self.stats.seconds["decode"] += t1 - t0
         self.stats.seconds["prepare"] += t2 - t1
@@ -532,10 +539,10 @@ class Processor:
             )
             await self._producer.send_and_wait(self.settings.deadletter_topic, payload, key=msg.key)
 
-    async def _publish_live(self, events: list[dict[str, Any]], statuses: dict[str, str]) -> None:
+    async def _publish_live(self, events: list[dict[str, Any]], statuses: dict[RunKey, str]) -> None:
         assert self._producer is not None
-        touched = {e["run"] for e in events} | set(statuses)
-        experiments = {run: self.runs[run].experiment for run in touched if run in self.runs}
+        touched = {(e["project"], e["run"]) for e in events} | set(statuses)
+        experiments = {key: self.runs[key].experiment for key in touched if key in self.runs}
         updates = build_updates(events, experiments, statuses)
         if not updates:
             return

@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+RunKey = tuple[str, str]  # (project, run id)
+
 LIVE_POINTS_PER_METRIC = 200
 LIVE_LOG_LINES = 200
 SMALL_EVENT = 256
@@ -64,24 +66,25 @@ def _many_points(metrics: dict[str, Any], evs: list[dict[str, Any]]) -> None:
         slot["n"] += int(picked.size)
 
 
-def build_updates(events: list[dict[str, Any]], experiments: dict[str, str], statuses: dict[str, str]) -> list[dict[str, Any]]:
-    """`events` are this batch's newly written events; `statuses` the runs whose status changed."""
-    per_run: dict[str, dict[str, Any]] = {}
+def build_updates(events: list[dict[str, Any]], experiments: dict[RunKey, str], statuses: dict[RunKey, str]) -> list[dict[str, Any]]:
+    """`events` are this batch's newly written events; `statuses` the runs whose status
+    changed; runs are keyed by (project, run id)."""
+    per_run: dict[RunKey, dict[str, Any]] = {}
 
     def entry(ev: dict[str, Any]) -> dict[str, Any]:
-        run = ev["run"]
-        item = per_run.get(run)
+        key = (ev["project"], ev["run"])
+        item = per_run.get(key)
         if item is None:
-            item = {"type": "update", "run": run, "project": ev["project"], "experiment": experiments.get(run, "")}
-            per_run[run] = item
+            item = {"type": "update", "run": ev["run"], "project": ev["project"], "experiment": experiments.get(key, "")}
+            per_run[key] = item
         return item
 
-    metric_events: dict[str, list[dict[str, Any]]] = {}
+    metric_events: dict[RunKey, list[dict[str, Any]]] = {}
     for ev in events:
         kind = ev["kind"]
         if kind == "metrics":
             entry(ev)
-            metric_events.setdefault(ev["run"], []).append(ev)
+            metric_events.setdefault((ev["project"], ev["run"]), []).append(ev)
         elif kind == "log":
             logs = entry(ev).setdefault("logs", [])
             logs.extend({"stream": ev["stream"], "line": line, "ts": t} for line, t in zip(ev["lines"], ev["_t"].tolist()))
@@ -97,10 +100,10 @@ def build_updates(events: list[dict[str, Any]], experiments: dict[str, str], sta
             _small_points(metrics, evs)
         else:
             _many_points(metrics, evs)
-    for run, status in statuses.items():
-        item = per_run.get(run) or {"type": "update", "run": run, "project": "", "experiment": experiments.get(run, "")}
+    for key, status in statuses.items():
+        item = per_run.get(key) or {"type": "update", "run": key[1], "project": key[0], "experiment": experiments.get(key, "")}
         item["status"] = status
-        per_run[run] = item
+        per_run[key] = item
     now = time.time()
     for item in per_run.values():
         item["server_time"] = now

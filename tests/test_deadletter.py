@@ -80,3 +80,52 @@ def test_poison_events_are_dead_lettered_and_the_rest_is_stored(home, kafka_boot
     assert "outside 'names'" in reasons[5]
     assert all(d["topic"] == settings.events_topic and d["offset"] >= 0 for d in letters)
     assert store.query_rows("SELECT status FROM runs FINAL WHERE run_id = {r:String}", {"r": good.id}) == [("Completed",)]
+
+
+def test_a_run_id_reused_in_another_project_never_touches_the_first_run(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    """Events produced straight to Kafka (no gateway to refuse them) under another project
+    with the same run id: each project keeps its own run state and points."""
+    settings = new_settings(home, kafka_bootstrap)
+    proc = Processor(settings, store, group_id="g-tenants", publish_live=False)
+    stack.run(proc.start())
+    mine = Experiment("tenant-a", project="team-a", settings=settings).start_logging(name="mine", tags={"owner": "a"})
+    now = time.time()
+    envelope = {"v": 1, "run": mine.id, "project": "team-b", "ts": now}
+    intruder = [
+        {**envelope, "id": "b:1", "kind": "run_start", "experiment": "tenant-b", "name": "theirs", "tags": {"owner": "b"}},
+        {**envelope, "id": "b:2", "kind": "metrics", "names": ["loss"], "m": [0, 0], "s": [0, 1], "x": [9.0, 9.5]},
+        {**envelope, "id": "b:3", "kind": "run_end", "status": "Failed", "error": "not yours"},
+    ]
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for event in intruder:
+                await producer.send_and_wait(settings.events_topic, orjson.dumps(event), key=mine.id.encode())
+        finally:
+            await producer.stop()
+
+    try:
+        mine.log("loss", 0.5)
+        mine.flush()
+        stack.run(send())
+        mine.log("loss", 0.25)
+        mine.flush()
+
+        def runs() -> dict[str, tuple[str, str, str, dict[str, str]]]:
+            rows = store.query_rows("SELECT project, name, status, experiment, tags FROM runs FINAL WHERE run_id = {r:String}", {"r": mine.id})
+            return {r[0]: (r[1], r[2], r[3], dict(r[4])) for r in rows}
+
+        def points() -> dict[str, list[float]]:
+            inner = "SELECT project, value FROM metric_points WHERE run_id = {r:String} ORDER BY step"
+            rows = store.query_rows(f"SELECT project, groupArray(value) FROM ({inner}) GROUP BY project", {"r": mine.id})
+            return {r[0]: list(r[1]) for r in rows}
+
+        wait_until(lambda: points() == {"team-a": [0.5, 0.25], "team-b": [9.0, 9.5]}, 60, what="both projects' points stored")
+        wait_until(lambda: runs().get("team-b", ("",))[1:2] == ("Failed",), 30, what="the other project's run state")
+        assert runs()["team-a"] == ("mine", "Running", "tenant-a", {"owner": "a"})
+        assert runs()["team-b"] == ("theirs", "Failed", "tenant-b", {"owner": "b"})
+    finally:
+        mine.complete()
+        stack.run(proc.stop())

@@ -120,7 +120,7 @@ def test_live_updates_from_many_points_keep_the_newest_points_and_the_true_range
         _event("r", ["loss", "acc"], [0, 1] * (n // 2), [i // 2 for i in range(n)], [float(i) for i in range(n)]),
         _event("r", ["acc"], [0] * 10, list(range(n, n + 10)), [-5.0] * 9 + [math.inf]),
     ]
-    (update,) = build_updates(events, {"r": "exp"}, {})
+    (update,) = build_updates(events, {("p", "r"): "exp"}, {})
     loss, acc = update["metrics"]["loss"], update["metrics"]["acc"]
     assert loss["n"] == n // 2 and loss["truncated"] is True and len(loss["s"]) == LIVE_POINTS_PER_METRIC
     assert loss["s"][-1] == n // 2 - 1 and loss["min"] == 0.0 and loss["max"] == float(n - 2)
@@ -130,7 +130,7 @@ def test_live_updates_from_many_points_keep_the_newest_points_and_the_true_range
 
 
 def test_live_updates_for_a_few_points_carry_every_point() -> None:
-    (update,) = build_updates([_event("r", ["loss"], [0, 0], [0, 1], [0.5, 0.25])], {"r": "exp"}, {"r": "Completed"})
+    (update,) = build_updates([_event("r", ["loss"], [0, 0], [0, 1], [0.5, 0.25])], {("p", "r"): "exp"}, {("p", "r"): "Completed"})
     assert update["metrics"]["loss"] == {"s": [0, 1], "v": [0.5, 0.25], "n": 2, "min": 0.25, "max": 0.5}
     assert update["status"] == "Completed"
 
