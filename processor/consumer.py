@@ -136,6 +136,7 @@ class Processor:
         self._inflight: asyncio.Task[bool] | None = None
         self._data_done: asyncio.Future[bool] | None = None  # the batch in flight has its data tables written
         self._revocations = 0
+        self._lag_at = 0.0
         self.ready = asyncio.Event()
 
     # --- lifecycle ---
@@ -192,7 +193,7 @@ class Processor:
                 if not data:
                     if self._inflight is None or self._inflight.done():
                         self.ready.set()
-                    self._update_lag()
+                    await self._update_lag()
                     continue
                 data = await self._accumulate(data, epoch)
                 if not data:
@@ -202,7 +203,7 @@ class Processor:
                     previous, previous_data = self._inflight, self._data_done
                     self._data_done = asyncio.get_running_loop().create_future()
                     self._inflight = asyncio.create_task(self._finish(prepared, previous, previous_data, self._data_done))
-                self._update_lag()
+                await self._update_lag()
         finally:
             await self.wait_inflight()
 
@@ -248,21 +249,24 @@ class Processor:
             data = {tp: msgs for tp, msgs in data.items() if tp in assigned}
         return data
 
-    def _update_lag(self) -> None:
+    async def _update_lag(self) -> None:
+        """Records behind the high-water marks, refreshed at most once a second (public
+        consumer API only; position() returns at once for a partition being fetched)."""
         consumer = self._consumer
-        if consumer is None:
+        now = time.monotonic()
+        if consumer is None or now - self._lag_at < 1.0:
             return
+        self._lag_at = now
         lag = 0
         for tp in consumer.assignment():
             high = consumer.highwater(tp)
             if high is None:
                 continue
             try:
-                pos = consumer._fetcher._subscriptions.subscription.assignment.state_value(tp).position  # noqa: SLF001
-            except Exception:
-                pos = None
-            if pos is not None:
-                lag += max(0, high - pos)
+                pos = await asyncio.wait_for(consumer.position(tp), 0.05)
+            except Exception:  # a partition being reset or revoked: counted next time
+                continue
+            lag += max(0, high - pos)
         self.stats.consumer_lag = lag
 
     # --- watermarks and caches ---
