@@ -144,12 +144,119 @@ def step_values(step: int, names: list[str]) -> dict[str, float]:
 # --- runstream ---
 
 
+class InProcessProcessor:
+    """The processor on a loop in this process (shares the training thread's GIL)."""
+
+    def __init__(self, settings: Any, store: Any, loop: Any) -> None:
+        import asyncio
+
+        from processor.consumer import Processor
+
+        self.store, self.loop, self.topic = store, loop, settings.events_topic
+        self.proc = Processor(settings, store)
+        asyncio.run_coroutine_threadsafe(self.proc.start(), loop).result(120)
+
+    def points_written(self) -> int:
+        import asyncio
+
+        sql = "SELECT count() FROM metric_points WHERE kafka_topic = {t:String}"
+        return int(asyncio.run_coroutine_threadsafe(self.store.aquery_rows(sql, {"t": self.topic}), self.loop).result(60)[0][0])
+
+    def consumer_lag(self) -> int:
+        return int(self.proc.stats.consumer_lag)
+
+    def dead_letters(self) -> int:
+        return int(self.proc.stats.dead_letters)
+
+    def describe(self) -> str:
+        st = self.proc.stats
+        return str({k: getattr(st, k) for k in ("events_in", "events_written", "events_skipped", "points_written", "dead_letters", "last_error")})
+
+    def stop(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.proc.stop(), self.loop).result(60)
+
+
+class ProcessorProcess:
+    """`runstream processor` in its own process, as deployed: progress from its Prometheus
+    counters (points_written counts a point once its insert has returned)."""
+
+    def __init__(self, settings: Any, engine: Path) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "RUNSTREAM_HOME": str(settings.home),
+            "RUNSTREAM_KAFKA": settings.kafka,
+            "RUNSTREAM_CLICKHOUSE": f"chdb://{engine}",
+            "RUNSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+            "RUNSTREAM_PARTITIONS": str(settings.partitions),
+        }
+        self.log = open(Path(settings.home) / "processor.log", "wb")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "runstream.cli", "processor", "--metrics-port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while self._metrics() is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"runstream processor did not start; see {self.log.name}")
+            time.sleep(0.1)
+
+    def _metrics(self) -> dict[str, float] | None:
+        import urllib.request
+
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("runstream_processor_") and "{" not in line:
+                name, _, value = line.partition(" ")
+                out[name] = float(value)
+        return out
+
+    def _get(self, name: str) -> int:
+        return int((self._metrics() or {}).get(name, 0))
+
+    def points_written(self) -> int:
+        return self._get("runstream_processor_points_written_total")
+
+    def consumer_lag(self) -> int:
+        return self._get("runstream_processor_consumer_lag")
+
+    def dead_letters(self) -> int:
+        return self._get("runstream_processor_dead_letters_total")
+
+    def describe(self) -> str:
+        return str(self._metrics())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    @staticmethod
+    def count_rows(engine: Path, run_ids: list[str]) -> tuple[int, int]:
+        """(rows, distinct (run, metric, step)) of these runs, read in a process of its own."""
+        code = (
+            "import json, sys; from processor.store import Store; "
+            "sql = 'SELECT count(), uniqExact(run_id, metric, step) FROM metric_points WHERE run_id IN {ids:Array(String)}'; "
+            "print(json.dumps(Store(sys.argv[1]).query_rows(sql, {'ids': json.loads(sys.argv[2])})[0]))"
+        )
+        args = [sys.executable, "-c", code, f"chdb://{engine}", json.dumps(run_ids)]
+        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        rows, distinct = json.loads(out.stdout.strip().splitlines()[-1])
+        return int(rows), int(distinct)
+
+
 def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, str]]:
     sys.path.insert(0, str(ROOT))
     import asyncio
 
     from ingest import Experiment
-    from processor.consumer import Processor
     from processor.store import get_store
     from runstream.config import Settings
     from runstream.kafka_broker import LocalBroker
@@ -174,20 +281,21 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
         print(f"  runstream: Kafka broker at {kafka} started in {time.perf_counter() - t:.1f}s", file=sys.stderr)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="peers-processor-loop", daemon=True).start()
-    processor = None
+    processor: Any = None
     rows: list[Row] = []
+    workload_ids: list[str] = []
+    full = args.runs * args.steps * args.metrics
     try:
         prefix = f"peers{uuid.uuid4().hex[:8]}"
         settings = Settings().with_(home=home, kafka=kafka, api="http://127.0.0.1:1", topic_prefix=prefix, partitions=4, project="peers")
         settings = settings.with_(api_key=None, run_id=None)
-        store = get_store(f"chdb://{home / 'clickhouse'}")
-        processor = Processor(settings, store)
-        asyncio.run_coroutine_threadsafe(processor.start(), loop).result(120)
+        if args.processor == "process":
+            processor = ProcessorProcess(settings, home / "clickhouse")
+        else:
+            processor = InProcessProcessor(settings, get_store(f"chdb://{home / 'clickhouse'}"), loop)
 
         def count() -> int:
-            # Through the store's worker thread: the embedded engine is not shared across threads.
-            sql = "SELECT count() FROM metric_points WHERE kafka_topic = {t:String}"
-            return int(asyncio.run_coroutine_threadsafe(store.aquery_rows(sql, {"t": settings.events_topic}), loop).result(60)[0][0])
+            return processor.points_written()
 
         def wait_count(expected: int, timeout: float) -> float:
             deadline = time.monotonic() + timeout
@@ -199,10 +307,8 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
 
         def diagnostics() -> str:
             shipper = exp_runs_shipper[0]
-            ps = processor.stats if processor is not None else None
             client = {k: getattr(shipper, k, None) for k in ("sent_events", "acked_events", "failed_sends", "dropped_points", "buffered_points")}
-            proc = {k: getattr(ps, k, None) for k in ("events_in", "events_written", "events_skipped", "points_written", "dead_letters")}
-            return f"client {client}; processor {proc}, last_error={getattr(ps, 'last_error', '')!r}"
+            return f"client {client}; processor {processor.describe()}"
 
         exp_runs_shipper: list[Any] = []
 
@@ -216,11 +322,11 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
         # 1) the workload: RUNS open runs, step-major, one log_metrics call per run and step
         row = new_row("runstream", "log_metrics (non-blocking) -> Kafka -> ClickHouse", args)
         names = [f"metric_{j}" for j in range(args.metrics)]
-        full = args.runs * args.steps * args.metrics
         gc.collect()
         t0 = time.perf_counter()
         runs = [exp.start_logging(name=f"peers-{i}") for i in range(args.runs)]
         exp_runs_shipper.append(runs[0]._shipper)
+        workload_ids.extend(r.id for r in runs)
         for step in range(args.steps):
             values = step_values(step, names)
             for run in runs:
@@ -238,9 +344,9 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
                 last, t_done, quiet_since = n, time.perf_counter(), time.monotonic()
             if n >= baseline + full:
                 break
-            if time.monotonic() - quiet_since > 10 and processor.stats.consumer_lag == 0:
+            if time.monotonic() - quiet_since > 10 and processor.consumer_lag() == 0:
                 break
-            time.sleep(0.2)  # the count shares the engine's one worker thread with the processor's inserts
+            time.sleep(0.02)
         stored = last - baseline
         if stored < full * 0.99:
             raise TimeoutError(f"only {stored:,} of {full:,} points in ClickHouse after {args.settle:.0f}s; {diagnostics()}")
@@ -276,17 +382,24 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
         row["us_log10"] = ns / 1e3
         run.complete()
         rows.append(row)
-        if processor.stats.dead_letters:
-            row["note"] += f"; {processor.stats.dead_letters} dead letters"
+        if processor.dead_letters():
+            row["note"] += f"; {processor.dead_letters()} dead letters"
     finally:
         if processor is not None:
             try:
-                asyncio.run_coroutine_threadsafe(processor.stop(), loop).result(60)
+                processor.stop()
             except Exception:
                 pass
         loop.call_soon_threadsafe(loop.stop)
         if broker is not None:
             broker.stop()
+    if rows and args.processor == "process":
+        # The figure used the processor's counter (it counts a point once its insert has
+        # returned); the workload's rows are counted again here, in the engine itself.
+        stored, distinct = ProcessorProcess.count_rows(home / "clickhouse", workload_ids)
+        rows[0]["verified"] = f"count() = {stored:,}, distinct (run, metric, step) = {distinct:,}, read back after the processor stopped"
+        if stored != full or distinct != full:
+            rows[0]["verified"] += f" - EXPECTED {full:,}"
     return rows, versions
 
 
@@ -744,6 +857,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(TOOLS)}")
     p.add_argument("--skip", default="", help="comma-separated tools to leave out")
     p.add_argument("--kafka", default="", help="use this broker (HOST:PORT) instead of starting a LocalBroker")
+    p.add_argument(
+        "--processor",
+        choices=("process", "in-process"),
+        default="process",
+        help="runstream's processor in its own process, as deployed (default), or on a loop in the training process",
+    )
     p.add_argument("--budget", type=float, default=40.0, help="seconds per peer mode for the workload; slower tools do a subset of whole runs")
     p.add_argument("--cost-budget", type=float, default=5.0, help="seconds per call-cost loop for peers")
     p.add_argument("--settle", type=float, default=240.0, help="seconds runstream may take after the flush until every point is queryable")
