@@ -90,9 +90,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         self.processor = processor
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Records polled but not yet prepared are dropped (the next owner reads them from
-        # the committed offset); the batch being prepared or written finishes and is
-        # committed by this owner first, so no record is written by two owners.
+        # The batch being prepared or written finishes and is committed by this owner
+        # first; records polled but not yet prepared are dropped by the loop (it sees
+        # the new epoch) and read again from where the assignment positions them.
         self.processor._revocations += 1
         async with self.processor._work_lock:
             await self.processor.wait_inflight()
@@ -100,6 +100,7 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.processor._load_watermarks(assigned)
+        await self.processor._reposition(assigned)
 
 
 class Processor:
@@ -199,6 +200,9 @@ class Processor:
                 if not data:
                     continue
                 async with self._work_lock:
+                    if self._revocations != epoch:  # a revocation won the lock: see _accumulate
+                        await self._reposition(self._consumer.assignment())
+                        continue
                     prepared = await self._prepare(data)
                     previous, previous_data = self._inflight, self._data_done
                     self._data_done = asyncio.get_running_loop().create_future()
@@ -235,19 +239,37 @@ class Processor:
             if not more and timeout_ms == 0:
                 break
             if self._revocations != epoch:
-                # A rebalance happened meanwhile: what was polled before it may belong to another owner now.
-                epoch = self._revocations
-                assigned = self._consumer.assignment()
-                data = {}
-                more = {tp: msgs for tp, msgs in more.items() if tp in assigned}
-                count = 0
+                break
             for tp, messages in more.items():
                 data.setdefault(tp, []).extend(messages)
                 count += len(messages)
         if self._revocations != epoch:
-            assigned = self._consumer.assignment()
-            data = {tp: msgs for tp, msgs in data.items() if tp in assigned}
+            # A rebalance happened while this batch was being polled: some of it may
+            # belong to another owner now, and which records came before the new
+            # positions is unknowable. Drop it all and read again from the positions
+            # of the current assignment.
+            await self._reposition(self._consumer.assignment())
+            return {}
         return data
+
+    async def _reposition(self, assigned: set[TopicPartition]) -> None:
+        """Start each assigned partition at the first record this shard has not stored and
+        no owner has committed: max(committed offset, own watermark + 1). With an engine
+        per instance, another instance's writes show only in the committed offsets."""
+        consumer = self._consumer
+        if consumer is None:
+            return
+        for tp in assigned:
+            try:
+                committed = await consumer.committed(tp)
+            except Exception as exc:  # the default position (committed or earliest) still applies
+                log.warning("committed offset of %s unknown: %s", tp, exc)
+                continue
+            mark = self.watermarks["ingested_events"].get((tp.topic, tp.partition), -1)
+            start = max(committed if committed is not None else 0, mark + 1)
+            if committed is None and mark < 0:
+                continue
+            consumer.seek(tp, start)
 
     async def _update_lag(self) -> None:
         """Records behind the high-water marks, refreshed at most once a second (public
