@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -30,6 +34,9 @@ def machine() -> str:
     except (OSError, ValueError, IndexError):
         pass
     return f"{cpu}, {os.cpu_count()} cores, {mem} RAM, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def free_port() -> int:
@@ -95,3 +102,80 @@ class Pipeline:
                 pass
         if self.broker is not None:
             self.broker.stop()
+
+
+class ProcessorProcess:
+    """`runstream processor` in its own process, as deployed: progress from its Prometheus
+    counters (points_written counts a point once its insert has returned)."""
+
+    def __init__(self, settings: Any, engine: Path, group: str | None = None, name: str = "processor") -> None:
+        self.engine = engine
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "RUNSTREAM_HOME": str(settings.home),
+            "RUNSTREAM_KAFKA": settings.kafka,
+            "RUNSTREAM_CLICKHOUSE": f"chdb://{engine}",
+            "RUNSTREAM_TOPIC_PREFIX": settings.topic_prefix,
+            "RUNSTREAM_PARTITIONS": str(settings.partitions),
+        }
+        self.log = open(Path(settings.home) / f"{name}.log", "wb")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "runstream.cli", "processor", "--metrics-port", str(self.port)]
+        if group:
+            cmd += ["--group", group]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while self._metrics() is None:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"runstream processor did not start; see {self.log.name}")
+            time.sleep(0.1)
+
+    def _metrics(self) -> dict[str, float] | None:
+        import urllib.request
+
+        try:
+            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
+        except OSError:
+            return None
+        out = {}
+        for line in text.splitlines():
+            if line.startswith("runstream_processor_") and "{" not in line:
+                name, _, value = line.partition(" ")
+                out[name] = float(value)
+        return out
+
+    def _get(self, name: str) -> int:
+        return int((self._metrics() or {}).get(name, 0))
+
+    def points_written(self) -> int:
+        return self._get("runstream_processor_points_written_total")
+
+    def consumer_lag(self) -> int:
+        return self._get("runstream_processor_consumer_lag")
+
+    def dead_letters(self) -> int:
+        return self._get("runstream_processor_dead_letters_total")
+
+    def describe(self) -> str:
+        return str(self._metrics())
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    @staticmethod
+    def count_rows(engine: Path, run_ids: list[str]) -> tuple[int, int]:
+        """(rows, distinct (run, metric, step)) of these runs, read in a process of its own."""
+        code = (
+            "import json, sys; from processor.store import Store; "
+            "sql = 'SELECT count(), uniqExact(run_id, metric, step) FROM metric_points WHERE run_id IN {ids:Array(String)}'; "
+            "print(json.dumps(Store(sys.argv[1]).query_rows(sql, {'ids': json.loads(sys.argv[2])})[0]))"
+        )
+        args = [sys.executable, "-c", code, f"chdb://{engine}", json.dumps(run_ids)]
+        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        rows, distinct = json.loads(out.stdout.strip().splitlines()[-1])
+        return int(rows), int(distinct)

@@ -178,80 +178,6 @@ class InProcessProcessor:
         asyncio.run_coroutine_threadsafe(self.proc.stop(), self.loop).result(60)
 
 
-class ProcessorProcess:
-    """`runstream processor` in its own process, as deployed: progress from its Prometheus
-    counters (points_written counts a point once its insert has returned)."""
-
-    def __init__(self, settings: Any, engine: Path) -> None:
-        self.port = free_port()
-        env = {
-            **os.environ,
-            "RUNSTREAM_HOME": str(settings.home),
-            "RUNSTREAM_KAFKA": settings.kafka,
-            "RUNSTREAM_CLICKHOUSE": f"chdb://{engine}",
-            "RUNSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-            "RUNSTREAM_PARTITIONS": str(settings.partitions),
-        }
-        self.log = open(Path(settings.home) / "processor.log", "wb")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "runstream.cli", "processor", "--metrics-port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        while self._metrics() is None:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"runstream processor did not start; see {self.log.name}")
-            time.sleep(0.1)
-
-    def _metrics(self) -> dict[str, float] | None:
-        import urllib.request
-
-        try:
-            text = urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=5).read().decode()
-        except OSError:
-            return None
-        out = {}
-        for line in text.splitlines():
-            if line.startswith("runstream_processor_") and "{" not in line:
-                name, _, value = line.partition(" ")
-                out[name] = float(value)
-        return out
-
-    def _get(self, name: str) -> int:
-        return int((self._metrics() or {}).get(name, 0))
-
-    def points_written(self) -> int:
-        return self._get("runstream_processor_points_written_total")
-
-    def consumer_lag(self) -> int:
-        return self._get("runstream_processor_consumer_lag")
-
-    def dead_letters(self) -> int:
-        return self._get("runstream_processor_dead_letters_total")
-
-    def describe(self) -> str:
-        return str(self._metrics())
-
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-
-    @staticmethod
-    def count_rows(engine: Path, run_ids: list[str]) -> tuple[int, int]:
-        """(rows, distinct (run, metric, step)) of these runs, read in a process of its own."""
-        code = (
-            "import json, sys; from processor.store import Store; "
-            "sql = 'SELECT count(), uniqExact(run_id, metric, step) FROM metric_points WHERE run_id IN {ids:Array(String)}'; "
-            "print(json.dumps(Store(sys.argv[1]).query_rows(sql, {'ids': json.loads(sys.argv[2])})[0]))"
-        )
-        args = [sys.executable, "-c", code, f"chdb://{engine}", json.dumps(run_ids)]
-        out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=300)
-        rows, distinct = json.loads(out.stdout.strip().splitlines()[-1])
-        return int(rows), int(distinct)
-
-
 def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, str]]:
     sys.path.insert(0, str(ROOT))
     import asyncio
@@ -290,6 +216,8 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
         settings = Settings().with_(home=home, kafka=kafka, api="http://127.0.0.1:1", topic_prefix=prefix, partitions=4, project="peers")
         settings = settings.with_(api_key=None, run_id=None)
         if args.processor == "process":
+            from bench.common import ProcessorProcess
+
             processor = ProcessorProcess(settings, home / "clickhouse")
         else:
             processor = InProcessProcessor(settings, get_store(f"chdb://{home / 'clickhouse'}"), loop)
@@ -396,6 +324,8 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
     if rows and args.processor == "process":
         # The figure used the processor's counter (it counts a point once its insert has
         # returned); the workload's rows are counted again here, in the engine itself.
+        from bench.common import ProcessorProcess
+
         stored, distinct = ProcessorProcess.count_rows(home / "clickhouse", workload_ids)
         rows[0]["verified"] = f"count() = {stored:,}, distinct (run, metric, step) = {distinct:,}, read back after the processor stopped"
         if stored != full or distinct != full:
