@@ -26,6 +26,7 @@ from processor import batch as batching
 from processor.live import RunKey, build_updates
 from processor.runstate import RUN_COLUMNS, RunState, apply
 from processor.schema import WATERMARKED_TABLES
+from processor.seen import SeenIds
 from processor.store import Store
 from runstream.config import Settings
 from runstream.wire import WireError, decode, validate
@@ -125,7 +126,7 @@ class Processor:
         self.watermarks: batching.Watermarks = {t: {} for t in WATERMARKED_TABLES}
         # Keyed by (project, run id): a run id is unique only within its project.
         self.runs: OrderedDict[RunKey, RunState] = OrderedDict()
-        self.seen_ids: dict[RunKey, set[str]] = {}
+        self.seen_ids: dict[RunKey, SeenIds] = {}
         self._fail_injector = fail_injector
         self._work_lock = asyncio.Lock()
         self._stopping = asyncio.Event()
@@ -353,7 +354,7 @@ class Processor:
                 )
                 state.persisted_last_seen = state.last_seen
             self.runs[(project, run)] = state
-            self.seen_ids.setdefault((project, run), set())
+            self.seen_ids.setdefault((project, run), SeenIds())
         wanted = set(missing)
         for project, run, event_id in seen:
             if (project, run) in wanted:
@@ -421,7 +422,8 @@ class Processor:
         batch_ids: set[str] = set()
         for rec in records:
             eid = rec.event["id"]
-            if eid in batch_ids or eid in self.seen_ids.get((rec.event["project"], rec.event["run"]), ()):
+            seen = self.seen_ids.get((rec.event["project"], rec.event["run"]))
+            if eid in batch_ids or (seen is not None and eid in seen):
                 self.stats.events_skipped += 1
                 continue
             batch_ids.add(eid)
@@ -442,7 +444,7 @@ class Processor:
             st.dirty = False
             st.persisted_last_seen = st.last_seen
         for rec in fresh:
-            self.seen_ids.setdefault((rec.event["project"], rec.event["run"]), set()).add(rec.event["id"])
+            self.seen_ids.setdefault((rec.event["project"], rec.event["run"]), SeenIds()).add(rec.event["id"])
         t2 = time.perf_counter()
         self.stats.seconds["decode"] += t1 - t0
         self.stats.seconds["prepare"] += t2 - t1
