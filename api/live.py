@@ -35,8 +35,11 @@ Target = tuple[str, str]  # ("run", id) or ("experiment", name)
 
 
 def _range(slot: dict[str, Any]) -> tuple[float | None, float | None]:
-    """A slot's finite min and max: its own fields and the values it carries."""
+    """A slot's finite min and max: its own fields (which cover its values when both are
+    there: the processor sets them so, and merging keeps them so), else from its values."""
     lo, hi = slot.get("min"), slot.get("max")
+    if lo is not None and hi is not None:
+        return lo, hi
     finite = [x for x in slot.get("v", ()) if isinstance(x, (int, float)) and x == x]
     if finite:
         lo = min(finite) if lo is None else min(lo, *finite)
