@@ -134,10 +134,12 @@ class LocalBroker:
         self.dir.mkdir(parents=True, exist_ok=True)
         props = self.dir / "server.properties"
         controller_port_file = self.dir / "controller.port"
-        if controller_port_file.exists():
+        if controller_port_file.exists() and int(controller_port_file.read_text()) != self.port:
             controller_port = int(controller_port_file.read_text())
         else:
             controller_port = _free_port()
+            while controller_port == self.port:  # the client port may be free (not yet bound) too
+                controller_port = _free_port()
             controller_port_file.write_text(str(controller_port))
         host = "127.0.0.1" if self.host in ("localhost", "127.0.0.1") else self.host
         props.write_text(
