@@ -281,13 +281,14 @@ class Processor:
             return
         self._lag_at = now
         lag = 0
-        for tp in consumer.assignment():
-            high = consumer.highwater(tp)
-            if high is None:
-                continue
+        for tp in list(consumer.assignment()):
+            # A rebalance may revoke tp during the await: highwater() then asserts.
             try:
+                high = consumer.highwater(tp)
+                if high is None:
+                    continue
                 pos = await asyncio.wait_for(consumer.position(tp), 0.05)
-            except Exception:  # a partition being reset or revoked: counted next time
+            except Exception:  # reset or revoked meanwhile (highwater asserts): counted next time
                 continue
             lag += max(0, high - pos)
         self.stats.consumer_lag = lag
