@@ -1,6 +1,12 @@
 """Scale-out: two `runstream processor` processes in one consumer group, each with its own
 embedded engine (as the shards of a ClickHouse cluster would be), write every point
-exactly once between them, across an instance joining and another leaving mid-stream."""
+exactly once between them, across an instance joining and another leaving mid-stream.
+
+A paced training loop logs without pause from before the first instance consumes until
+after the second has taken over the partitions of the first; every phase change waits on
+a condition (the instances' Prometheus counters, which count a point once its insert has
+returned), never on a fixed delay.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +19,30 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from ingest import Experiment, Run
 from runstream.config import Settings
 from tests.conftest import free_port, new_settings, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = 16  # keys spread over the topic's 8 partitions, so both instances get some
-STEPS_PER_PART = 400
+PARTITIONS = 8
+RUNS_PER_PARTITION = 2  # run ids chosen so that every partition carries runs: both instances get work
 METRICS = ("loss", "acc")
+STEPS_PER_SECOND = 150  # of every run: 16 runs x 2 metrics x 150 = 4,800 points/s
+AFTER_LEAVE_STEPS = 150  # steps logged after the leaving instance has exited
 
 
 class Instance:
-    """One processor process; progress from its Prometheus counters."""
+    """One `runstream processor` process with an engine of its own; progress from its Prometheus counters."""
 
-    def __init__(self, name: str, settings: Settings, engine: Path) -> None:
+    def __init__(self, name: str, settings: Settings, engine: Path, group: str) -> None:
         self.name = name
         self.engine = engine
         self.port = free_port()
@@ -45,11 +55,16 @@ class Instance:
             "RUNSTREAM_PARTITIONS": str(settings.partitions),
         }
         self.log_path = engine.parent / f"processor-{name}.log"
-        self.log = open(self.log_path, "wb")  # noqa: SIM115
-        cmd = [sys.executable, "-m", "runstream.cli", "processor", "--group", f"g-{settings.topic_prefix}", "--metrics-port", str(self.port)]
+        self.log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        cmd = [sys.executable, "-m", "runstream.cli", "processor", "--group", group, "--metrics-port", str(self.port)]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
-        wait_until(lambda: self.metric("points_written_total") is not None or self.proc.poll() is not None, 60, what=f"processor {name} up")
-        assert self.proc.poll() is None, self.log_path.read_text()[-2000:]
+
+    def wait_up(self) -> None:
+        wait_until(lambda: self.metric("points_written_total") is not None or self.proc.poll() is not None, 60, what=f"processor {self.name} up")
+        assert self.proc.poll() is None, f"processor {self.name} exited: {self.tail()}"
+
+    def tail(self) -> str:
+        return self.log_path.read_text(errors="replace")[-3000:]
 
     def metric(self, name: str) -> int | None:
         try:
@@ -59,15 +74,34 @@ class Instance:
         found = re.search(rf"^runstream_processor_{name} ([0-9.e+-]+)$", text, re.M)
         return int(float(found.group(1))) if found else None
 
-    def stop(self) -> None:
+    def written(self) -> int:
+        return self.metric("points_written_total") or 0
+
+    def stop(self, grace: float = 60.0) -> None:
+        """SIGINT, as a terminal or an orchestrator would: finish the batch in flight, commit, leave the group."""
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # graceful: finish the batch in flight, commit, leave the group
+            self.proc.send_signal(signal.SIGINT)
             try:
-                self.proc.wait(60)
+                self.proc.wait(grace)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
         self.log.close()
+
+
+@pytest.fixture()
+def spawn(tmp_path: Path) -> Iterator[Callable[[str, Settings, str], Instance]]:
+    started: list[Instance] = []
+
+    def start(name: str, settings: Settings, group: str) -> Instance:
+        inst = Instance(name, settings, tmp_path / f"shard-{name}", group)
+        started.append(inst)  # registered before it is awaited: a failed start is stopped too
+        inst.wait_up()
+        return inst
+
+    yield start
+    for inst in started:  # on failure too: no processor outlives the test
+        inst.stop(grace=15)
 
 
 def shard_points(engine: Path, run_ids: list[str]) -> list[list[Any]]:
@@ -84,81 +118,111 @@ def shard_points(engine: Path, run_ids: list[str]) -> list[list[Any]]:
     return rows
 
 
-@pytest.fixture()
-def instances() -> Iterator[list[Instance]]:
-    started: list[Instance] = []
-    yield started
-    for inst in started:  # on failure too: no processor outlives the test
-        inst.stop()
+def run_ids_covering_partitions(partitions: int, per_partition: int) -> list[str]:
+    """Run ids (the Kafka key) that the producer's default partitioner spreads evenly."""
+    slots = list(range(partitions))
+    want = {p: per_partition for p in slots}
+    ids: list[str] = []
+    while any(want.values()):
+        run_id = uuid.uuid4().hex[:20]
+        p = DefaultPartitioner()(run_id.encode(), slots, slots)
+        if want[p]:
+            want[p] -= 1
+            ids.append(run_id)
+    return ids
 
 
 def value(step: int, metric: int) -> float:
     return step * 0.5 + metric
 
 
-def log_part(runs: list[Run], part: int, pace: float = 0.0) -> None:
-    """Log one part; with pace, spread it over ~pace seconds (a training loop, not a burst),
-    so that a rebalance lands while its records are still arriving."""
-    for i, step in enumerate(range(part * STEPS_PER_PART, (part + 1) * STEPS_PER_PART)):
-        for run in runs:
-            run.log_metrics({name: value(step, j) for j, name in enumerate(METRICS)}, step=step)
-        if pace and i % 20 == 19:
-            time.sleep(pace / (STEPS_PER_PART / 20))
-    for run in runs:
-        run.flush()
+class TrainingLoop(threading.Thread):
+    """Logs step after step of every run at a steady pace until stopped."""
+
+    def __init__(self, runs: list[Run]) -> None:
+        super().__init__(name="training-loop", daemon=True)
+        self.runs = runs
+        self.steps = 0  # steps logged for every run
+        self.error: BaseException | None = None
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        try:
+            while not self._halt.is_set():
+                for run in self.runs:
+                    run.log_metrics({name: value(self.steps, j) for j, name in enumerate(METRICS)}, step=self.steps)
+                self.steps += 1
+                self._halt.wait(max(0.0, start + self.steps / STEPS_PER_SECOND - time.monotonic()))  # the pace of training
+        except BaseException as exc:  # surfaced by finish()
+            self.error = exc
+
+    def finish(self) -> int:
+        self._halt.set()
+        self.join(30)
+        assert not self.is_alive() and self.error is None, self.error
+        for run in self.runs:
+            assert run.flush(60)
+        return self.steps
 
 
 def test_two_processors_split_the_partitions_and_write_every_point_once_across_rebalances(
-    home: Path, kafka_bootstrap: str, tmp_path: Path, instances: list[Instance]
+    home: Path, kafka_bootstrap: str, spawn: Callable[[str, Settings, str], Instance]
 ) -> None:
-    settings = new_settings(home, kafka_bootstrap)
-    per_part = RUNS * STEPS_PER_PART * len(METRICS)
-    a = Instance("a", settings, tmp_path / "shard-a")
-    instances.append(a)
+    settings = new_settings(home, kafka_bootstrap).with_(partitions=PARTITIONS)
+    group = f"g-{settings.topic_prefix}"
+    a = spawn("a", settings, group)
     exp = Experiment("scale-out", settings=settings)
-    runs = [exp.start_logging(name=f"shard-{i}", capture_output=False) for i in range(RUNS)]
-    ids = [r.id for r in runs]
+    ids = run_ids_covering_partitions(PARTITIONS, RUNS_PER_PARTITION)
+    runs = [exp.start_logging(name=f"shard-{i}", run_id=run_id, capture_output=False) for i, run_id in enumerate(ids)]
+    loop = TrainingLoop(runs)
+    loop.start()
+    try:
+        wait_until(lambda: a.written() > 0, 60, what="instance a storing points")
 
-    log_part(runs, 0)
-    wait_until(lambda: a.metric("points_written_total") == per_part, 60, what="instance a alone stores part 1")
+        # b joins while the loop logs: the group rebalances and the partitions are split.
+        joined_at = loop.steps
+        b = spawn("b", settings, group)
+        wait_until(lambda: b.written() > 0, 60, what=f"instance b storing points after joining (a wrote {a.written()})")
+        a_after_join = a.written()
+        wait_until(lambda: a.written() > a_after_join, 60, what="instance a still storing its share after the rebalance")
 
-    logger = threading.Thread(target=log_part, args=(runs, 1, 3.0))
-    logger.start()
-    b = Instance("b", settings, tmp_path / "shard-b")  # joins while part 2 streams in: the group rebalances
-    instances.append(b)
-    logger.join(120)
-    wait_until(
-        lambda: (a.metric("points_written_total") or 0) + (b.metric("points_written_total") or 0) >= 2 * per_part,
-        60,
-        what=f"part 2 stored (a {a.metric('points_written_total')}, b {b.metric('points_written_total')}, of {2 * per_part})",
-    )
-    assert (b.metric("points_written_total") or 0) > 0, "the joining instance got no partitions"
-
-    # a leaves while part 3 is being logged: its in-flight batch is committed, b takes over its partitions.
-    logger = threading.Thread(target=log_part, args=(runs, 2, 3.0))
-    logger.start()
-    wait_until(lambda: (a.metric("points_written_total") or 0) + (b.metric("points_written_total") or 0) > 2 * per_part, 60, what="part 3 under way")
-    a.stop()
-    logger.join(120)
+        # a leaves while the loop logs: its in-flight batch is written and committed, b takes over its partitions.
+        leave_at = loop.steps
+        a.stop()
+        assert a.proc.returncode == 0, a.tail()
+        left_at = loop.steps
+        wait_until(lambda: loop.steps >= left_at + AFTER_LEAVE_STEPS, 30, what="steps logged after a left")
+        b_before_takeover = b.written()
+    finally:
+        steps = loop.finish()
+    total = len(ids) * len(METRICS) * steps
     stored_a = shard_points(a.engine, ids)
     wait_until(
-        lambda: len(stored_a) + (b.metric("points_written_total") or 0) >= 3 * per_part,
+        lambda: len(stored_a) + b.written() >= total,
         60,
-        what=f"part 3 stored after a left (a stored {len(stored_a)}, b {b.metric('points_written_total')}, of {3 * per_part})",
+        what=f"every point stored (a stored {len(stored_a)}, b wrote {b.written()}, of {total})",
     )
     for run in runs:
         run.complete()
     b.stop()
     stored_b = shard_points(b.engine, ids)
+    print(
+        f"{steps} steps x {len(ids)} runs x {len(METRICS)} metrics = {total:,} points; b joined at step {joined_at}, "
+        f"a was stopped at step {leave_at} and had left by step {left_at}; shard a {len(stored_a):,} rows, shard b {len(stored_b):,} "
+        f"(b had written {b_before_takeover:,} when the loop stopped)"
+    )
 
     keys_a = {(r[0], r[1], r[2]) for r in stored_a}
     keys_b = {(r[0], r[1], r[2]) for r in stored_b}
     assert len(keys_a) == len(stored_a) and len(keys_b) == len(stored_b), "a point stored twice within a shard"
-    assert not keys_a & keys_b, f"{len(keys_a & keys_b)} points stored by both instances"
-    assert len(stored_a) + len(stored_b) == 3 * per_part
-    assert stored_a and stored_b
+    assert not keys_a & keys_b, f"{len(keys_a & keys_b)} points stored by both instances, e.g. {sorted(keys_a & keys_b)[:5]}"
+    assert stored_a and stored_b, "one instance stored nothing"
+    assert len(stored_a) + len(stored_b) == total
+    want = {(r, m, s) for r in ids for m in METRICS for s in range(steps)}
+    assert keys_a | keys_b == want, f"missing {len(want - (keys_a | keys_b))}, unexpected {len((keys_a | keys_b) - want)}"
     for run_id, metric, step, stored in stored_a + stored_b:
         assert stored == value(step, METRICS.index(metric)), (run_id, metric, step, stored)
-    # Every step of every run and metric, from the union of the shards.
-    want = {(r, m, s) for r in ids for m in METRICS for s in range(3 * STEPS_PER_PART)}
-    assert keys_a | keys_b == want
+    # b stored points logged while a was still a member (the split), and after a left, every run's later steps (the takeover).
+    assert any(r[2] < leave_at for r in stored_b), "b stored nothing logged before a left"
+    assert {r[0] for r in stored_b if r[2] >= left_at} == set(ids), "b did not take over every partition after a left"
