@@ -1,12 +1,22 @@
 """End-to-end ingest benchmark: client -> Kafka -> processor(s) -> rows queryable in ClickHouse.
 
-    .venv/bin/python bench/ingest.py [--runs 100] [--steps 1000] [--metrics 10] [--processors 1,2] [--repeat 2]
+    .venv/bin/python bench/ingest.py [--runs 100] [--steps 1000] [--metrics 10] [--threads 4]
+                                     [--processors 1,2] [--in-process] [--rounds 3] [--repeat 2] [--kafka HOST:PORT]
 
-Each processor is a `runstream processor` process with an embedded engine of its own
-(with two, they split the partitions like the shards of a cluster; the figure counts
-their union). Prints points/s end to end (first log call until every point is stored,
-from the processors' points_written counters, then re-counted in each engine), the
-client's cost per call in the training thread, and the machine.
+Each processor is a `runstream processor` process with an embedded engine of its own,
+all in one consumer group (with two they split the partitions like the shards of a
+cluster; the figure counts their union). Every configuration gets a fresh topic and
+group. `--in-process` adds the earlier set-up: one Processor on an event loop inside the
+benchmark (training) process, sharing its GIL with the training threads.
+
+The configurations take turns, --rounds times (fresh processors each round), --repeat
+measured runs each time, after a warm-up. Prints the client's cost per call in the
+training thread, points/s end to end of every run and the median and best per
+configuration (first log call until every point is stored, from the processors'
+points_written counters, which count a point once its insert has returned), an exact
+read-back of every stored point after the processors stop (each shard's keys
+(run, metric, step), their union against the workload: none missing, none twice within
+or across shards), and the machine.
 """
 
 from __future__ import annotations
@@ -14,21 +24,25 @@ from __future__ import annotations
 import argparse
 import gc
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ProcessorProcess, free_port, machine  # noqa: E402
-from ingest import Experiment  # noqa: E402
+from bench.common import Pipeline, ProcessorProcess, free_port, machine, point_keys, shard_point_keys, union_check  # noqa: E402
+from ingest import Experiment, Run  # noqa: E402
+from ingest.shipper import get_shipper  # noqa: E402
+from runstream.config import Settings  # noqa: E402
 from runstream.kafka_broker import LocalBroker  # noqa: E402
 
 
-def client_cost(settings, calls: int = 200_000) -> tuple[float, float]:
+def client_cost(settings: Settings, calls: int = 200_000) -> tuple[float, float]:
     """ns per log() and per log_metrics() of 10 values, shipper running, nothing blocking."""
     exp = Experiment("bench-cost", settings=settings)
     run = exp.start_logging(capture_output=False)
@@ -49,14 +63,17 @@ def client_cost(settings, calls: int = 200_000) -> tuple[float, float]:
     return per_log, per_metrics
 
 
-def end_to_end(settings, count, runs: int, steps: int, metrics: int, threads: int) -> tuple[int, float, float, list[str]]:  # type: ignore[no-untyped-def]
+def end_to_end(
+    settings: Settings, count: Callable[[], int], runs: int, steps: int, metrics: int, threads: int
+) -> tuple[int, float, float, list[str]]:
+    """(points, seconds from the first log call until count() has them all, seconds the training threads spent logging, run ids)."""
     exp = Experiment("bench-ingest", settings=settings)
     handles = [exp.start_logging(name=f"bench-{i}", capture_output=False) for i in range(runs)]
     names = [f"metric_{j}" for j in range(metrics)]
     baseline = count()
     total = runs * steps * metrics
 
-    def work(chunk: list) -> None:
+    def work(chunk: list[Run]) -> None:
         for step in range(steps):
             for run in chunk:
                 run.log_metrics({n: step * 0.001 + j for j, n in enumerate(names)}, step=step)
@@ -70,9 +87,9 @@ def end_to_end(settings, count, runs: int, steps: int, metrics: int, threads: in
         w.join()
     t_logged = time.perf_counter()
     deadline = time.monotonic() + 300
-    while count() < baseline + total:
+    while (stored := count() - baseline) < total:
         if time.monotonic() > deadline:
-            raise TimeoutError(f"only {count() - baseline:,} of {total:,} points stored")
+            raise TimeoutError(f"only {stored:,} of {total:,} points stored after 300 s")
         time.sleep(0.01)
     t_done = time.perf_counter()
     for run in handles:
@@ -80,18 +97,45 @@ def end_to_end(settings, count, runs: int, steps: int, metrics: int, threads: in
     return total, t_done - t0, t_logged - t0, [r.id for r in handles]
 
 
-def configuration(broker_kafka: str, home: Path, instances: int, args: argparse.Namespace) -> list[float]:
-    """End-to-end runs with this many processor instances (fresh topic and group)."""
-    from runstream.config import Settings
+class _InProcess:
+    """The earlier set-up: one Processor on an event loop inside this (the training) process."""
 
-    prefix = f"bench{uuid.uuid4().hex[:8]}"
-    settings = Settings().with_(home=home, kafka=broker_kafka, topic_prefix=prefix, partitions=8, api_key=None)
-    procs = [ProcessorProcess(settings, home / f"{prefix}-shard{i}", group=f"g-{prefix}", name=f"{prefix}-p{i}") for i in range(instances)]
+    def __init__(self, kafka: str, home: Path) -> None:
+        from processor.store import get_store
+
+        self.pipe = Pipeline(kafka, home=home)
+        self.store = get_store(f"chdb://{home / 'inprocess-engine'}")  # one engine per process: the same one every round
+        self.processor = self.pipe.start_processor(self.store, publish_live=True)  # as `runstream processor` does
+
+    def points_written(self) -> int:
+        return int(self.processor.stats.points_written)
+
+
+def configuration(kafka: str, home: Path, instances: int, in_process: bool, round_no: int, args: argparse.Namespace) -> list[float]:
+    """One round of a configuration: fresh topic, group and engines, a warm-up, then args.repeat
+    end-to-end runs with this many processor instances, then the exact read-back; points/s of each run."""
+    label = "1 processor in the training process" if in_process else f"{instances} processor process{'es' if instances > 1 else ''}"
+    procs: list[ProcessorProcess] = []
+    inproc: _InProcess | None = None
+    if in_process:
+        inproc = _InProcess(kafka, home)
+        settings = inproc.pipe.settings
+    else:
+        prefix = f"bench{uuid.uuid4().hex[:8]}"
+        settings = Settings().with_(home=home, kafka=kafka, topic_prefix=prefix, partitions=8, api_key=None)
     ids: list[str] = []
     rates = []
     try:
+        for i in range(instances if not in_process else 0):
+            procs.append(
+                ProcessorProcess(
+                    settings, home / f"{settings.topic_prefix}-shard{i}", group=f"g-{settings.topic_prefix}", name=f"{settings.topic_prefix}-p{i}"
+                )
+            )
 
         def count() -> int:
+            if inproc is not None:
+                return inproc.points_written()
             return sum(p.points_written() for p in procs)
 
         end_to_end(settings, count, runs=4, steps=100, metrics=args.metrics, threads=1)  # topics, group, first inserts
@@ -100,34 +144,49 @@ def configuration(broker_kafka: str, home: Path, instances: int, args: argparse.
             ids += run_ids
             rates.append(total / elapsed)
             print(
-                f"{instances} processor(s), end to end #{i + 1}: {total:,} points from {args.runs} runs in {elapsed:.2f} s = "
+                f"{label}, round {round_no} run {i + 1}: {total:,} points from {args.runs} runs in {elapsed:.2f} s = "
                 f"{total / elapsed:,.0f} points/s (training threads spent {logging_time:.2f} s logging)",
                 flush=True,
             )
-        shares = [p.points_written() for p in procs]
+        shares = [p.points_written() for p in procs] if inproc is None else [inproc.points_written()]
     finally:
-        for p in procs:
-            p.stop()
-    stored = [ProcessorProcess.count_rows(p.engine, ids) for p in procs]
-    rows, distinct = sum(r for r, _ in stored), sum(d for _, d in stored)
-    want = args.repeat * args.runs * args.steps * args.metrics
+        get_shipper(settings).close()  # this configuration's client: nothing left to send, no reconnects once the broker stops
+        codes = [p.stop() for p in procs]
+        if inproc is not None:
+            inproc.pipe.close()
+    if inproc is not None:
+        keys = [point_keys(inproc.store, ids, args.metrics, args.steps)]
+    else:
+        keys = [shard_point_keys(p.engine, ids, args.metrics, args.steps) for p in procs]
+    want = len(ids) * args.steps * args.metrics
+    check = union_check(keys, want)
+    ok = check["rows"] == check["distinct"] == want and not (check["missing"] or check["unexpected"])
+    exits = "" if inproc is not None else f"; exit codes {codes}"
     print(
-        f"{instances} processor(s): stored {rows:,} rows of {want:,} ({distinct:,} distinct (run, metric, step)); "
-        f"points written per instance: {', '.join(f'{x:,}' for x in shares)}" + ("" if rows == distinct == want else "  <-- MISMATCH")
+        f"{label}, round {round_no}: read back after stopping: {check['rows']:,} rows for {want:,} points logged, {check['distinct']:,} distinct "
+        f"(run, metric, step) in the union; {check['twice_within_a_shard']} twice within a shard, {check['in_two_shards']} in two shards, "
+        f"{check['missing']} missing; points_written per instance (incl. warm-up): {', '.join(f'{x:,}' for x in shares)}{exits}"
+        + ("" if ok else "  <-- MISMATCH"),
+        flush=True,
     )
     return rates
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--steps", type=int, default=1000)
-    parser.add_argument("--metrics", type=int, default=10)
+    parser.add_argument("--metrics", type=int, default=10, help="metrics per step (at most 10)")
     parser.add_argument("--threads", type=int, default=4, help="training threads sharing the runs")
-    parser.add_argument("--processors", default="1,2", help="processor instance counts to compare")
+    parser.add_argument("--processors", default="1,2", help="processor process counts to compare (default 1,2)")
+    parser.add_argument("--in-process", action="store_true", help="also run one processor inside the training process (the earlier set-up)")
     parser.add_argument("--kafka", help="use this broker instead of starting one")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=2, help="measured runs per round of a configuration")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds, each configuration once per round with fresh processors")
     args = parser.parse_args()
+    if not 1 <= args.metrics <= 10:
+        parser.error("--metrics must be 1..10 (the read-back keys metric_<j> by one digit)")
+    counts = [int(x) for x in args.processors.split(",") if x.strip()]
 
     home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
     broker = None
@@ -137,19 +196,34 @@ def main() -> None:
         broker = LocalBroker(home, kafka)
         broker.start()
     try:
-        from runstream.config import Settings
-
         print(f"machine: {machine()}")
-        print(f"broker: {kafka} ({'started here' if broker else 'given'}); each processor: its own process and embedded engine")
+        print(
+            f"broker: {kafka} ({'started here' if broker else 'given'}); workload {args.runs} runs x {args.steps:,} steps x {args.metrics} metrics "
+            f"from {args.threads} training threads; "
+            f"{args.rounds} rounds x {args.repeat} runs per configuration; each processor process: `runstream processor` with its own engine",
+            flush=True,
+        )
         settings = Settings().with_(home=home, kafka=kafka, topic_prefix=f"cost{uuid.uuid4().hex[:8]}", api_key=None)
         per_log, per_metrics = client_cost(settings)
-        print(f"client cost (shipper running, no processor): log() {per_log / 1000:.2f} us/call; ", end="")
-        print(f"log_metrics(10 values) {per_metrics / 1000:.2f} us/call")
-        best = {}
-        for n in [int(x) for x in args.processors.split(",") if x.strip()]:
-            best[n] = max(configuration(kafka, home, n, args))
-        for n, rate in best.items():
-            print(f"best end to end with {n} processor(s): {rate:,.0f} points/s" + (f" ({rate / best[1]:.2f}x one)" if 1 in best and n != 1 else ""))
+        get_shipper(settings).close()
+        cost = f"log() {per_log / 1000:.2f} us/call; log_metrics(10 values) {per_metrics / 1000:.2f} us/call"
+        print(f"client cost (shipper running, no processor): {cost}")
+        rates: dict[str, list[float]] = {str(n): [] for n in counts}
+        # Rounds interleave the configurations, so drift in the machine's load does not favour one.
+        for round_no in range(1, args.rounds + 1):
+            for n in counts:
+                rates[str(n)] += configuration(kafka, home, n, False, round_no, args)
+        if args.in_process:  # after the others: its engine stays loaded (and merging) in this process once it has run
+            rates["in-process"] = []
+            for round_no in range(1, args.rounds + 1):
+                rates["in-process"] += configuration(kafka, home, 1, True, round_no, args)
+        one = statistics.median(rates["1"]) if rates.get("1") else None
+        one_best = max(rates["1"]) if rates.get("1") else None
+        for key, got in rates.items():
+            label = "1 processor in the training process" if key == "in-process" else f"{key} processor process(es)"
+            med, top = statistics.median(got), max(got)
+            ratio = f" ({med / one:.2f}x / {top / one_best:.2f}x one processor process)" if one and one_best and key != "1" else ""
+            print(f"end to end, {label}: median {med:,.0f}, best {top:,.0f} points/s over {len(got)} runs{ratio}")
     finally:
         if broker is not None:
             broker.stop()
