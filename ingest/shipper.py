@@ -169,9 +169,23 @@ class Shipper:
                 self._warned_down = False
         return self._producer
 
+    async def _watch_memory(self) -> None:
+        # The main loop can sit in a send for as long as the producer's buffer is full (a
+        # stalled broker); the memory bound must not wait for it.
+        while not self._closed:
+            await asyncio.sleep(self.linger)
+            self._recount()
+
     async def _main_loop(self) -> None:
         self._drain_lock = asyncio.Lock()
         last_heartbeat = time.time()
+        watcher = asyncio.create_task(self._watch_memory())
+        try:
+            await self._ship_loop(last_heartbeat)
+        finally:
+            watcher.cancel()
+
+    async def _ship_loop(self, last_heartbeat: float) -> None:
         while not self._closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.linger)
