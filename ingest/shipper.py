@@ -148,6 +148,12 @@ class Shipper:
             fut.result(10)
         except Exception:
             pass
+        # Let the main loop see _closed and return before the loop stops (no task destroyed while pending).
+        self._loop.call_soon_threadsafe(self._wake.set)
+        try:
+            self._main.result(5)
+        except Exception:
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     # --- the shipper thread ---
@@ -294,7 +300,8 @@ class Shipper:
                 sent = 0
                 try:
                     for i, (event, points) in enumerate(events):
-                        fut = await producer.send(self.settings.events_topic, encode(event), key=key)
+                        # A send waiting STALL_S for room in a full batch is a stalled broker: spool.
+                        fut = await asyncio.wait_for(producer.send(self.settings.events_topic, encode(event), key=key), STALL_S)
                         sent = i + 1
                         self._track(fut, run, event, points)
                 except Exception:
