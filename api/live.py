@@ -67,9 +67,9 @@ def merge_update(into: dict[str, Any], new: dict[str, Any]) -> bool:
             old["min"] = min(los)
         if his:
             old["max"] = max(his)
+        old["n"] = old.get("n", len(old["s"])) + slot.get("n", len(slot["s"]))
         old["s"].extend(slot["s"])
         old["v"].extend(slot["v"])
-        old["n"] = old.get("n", len(old["s"]) - len(slot["s"])) + slot.get("n", len(slot["s"]))
         if slot.get("truncated"):
             old["truncated"] = True
         if compact:

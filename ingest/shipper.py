@@ -184,14 +184,14 @@ class Shipper:
 
     async def _main_loop(self) -> None:
         self._drain_lock = asyncio.Lock()
-        last_heartbeat = time.time()
         watcher = asyncio.create_task(self._watch_memory())
         try:
-            await self._ship_loop(last_heartbeat)
+            await self._ship_loop()
         finally:
             watcher.cancel()
 
-    async def _ship_loop(self, last_heartbeat: float) -> None:
+    async def _ship_loop(self) -> None:
+        last_heartbeat = time.time()
         while not self._closed:
             try:
                 await asyncio.wait_for(self._wake.wait(), self.linger)

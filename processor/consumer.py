@@ -267,10 +267,9 @@ class Processor:
                 log.warning("committed offset of %s unknown: %s", tp, exc)
                 continue
             mark = self.watermarks["ingested_events"].get((tp.topic, tp.partition), -1)
-            start = max(committed if committed is not None else 0, mark + 1)
             if committed is None and mark < 0:
-                continue
-            consumer.seek(tp, start)
+                continue  # nothing known: the consumer's own reset (earliest) applies
+            consumer.seek(tp, max(committed or 0, mark + 1))
 
     async def _update_lag(self) -> None:
         """Records behind the high-water marks, refreshed at most once a second (public
