@@ -165,7 +165,7 @@ def aggregate(
         return {"metric": metric, "group_by": group_by or "none", "experiment": experiment, "max_points": max_points, "groups": []}
     # Runs and their groups are bound as arrays (no join), numbered so that the
     # GROUP BYs below are on integers rather than strings; the filter on
-    # (project, metric, run_id) uses the by_metric projection of metric_points.
+    # (project, metric, run_id) is the prefix of metric_points' sort order.
     projects = sorted({p for p, _, _ in members})
     keys = sorted({k for _, _, k in members})
     group_no = {k: i + 1 for i, k in enumerate(keys)}

@@ -31,7 +31,11 @@ EVENT_POINTS = 20_000
 
 
 class _MetricBuffer:
-    __slots__ = ("m", "s", "v", "t", "sv", "nf")
+    """Points logged since the last seal: per-point columns (m, s, v, t, sv, nf) for
+    anything, and frames (the same metric indexes at many steps) for the training-loop
+    case, where a row costs one step, one time and the values, not four items a point."""
+
+    __slots__ = ("m", "s", "v", "t", "sv", "nf", "frames", "frame_key", "fs", "ft", "fx", "n")
 
     def __init__(self) -> None:
         self.m: list[int] = []
@@ -40,6 +44,17 @@ class _MetricBuffer:
         self.t: list[float] = []
         self.sv: list[list[Any]] = []
         self.nf: list[list[Any]] = []
+        self.frames: list[tuple[list[int], list[int], list[float], list[float]]] = []
+        self.frame_key: list[int] | None = None  # the open frame's metric indexes
+        self.fs: list[int] = []
+        self.ft: list[float] = []
+        self.fx: list[float] = []
+        self.n = 0  # points in the buffer, columns and frames
+
+    def open_frame(self, idxs: list[int]) -> None:
+        self.frame_key = idxs
+        self.fs, self.ft, self.fx = [], [], []
+        self.frames.append((idxs, self.fs, self.ft, self.fx))
 
 
 class Experiment:
@@ -191,8 +206,9 @@ class Run:
             buf.m.append(idx)
             buf.s.append(step)
             buf.t.append(_time())
+            buf.n += 1
             self._buffered += 1
-            full = len(buf.m) >= EVENT_POINTS
+            full = buf.n >= EVENT_POINTS
         self._points_logged += 1
         if full:
             self._shipper.nudge()
@@ -243,12 +259,14 @@ class Run:
         next_step = self._next_step
         with self._lock:
             buf = self._buf  # read under the lock: the shipper swaps buffers
-            buf.v += values
-            buf.m += idxs
-            buf.s += [step] * n
-            buf.t += [now] * n
+            if buf.frame_key is not idxs:
+                buf.open_frame(idxs)
+            buf.fs.append(step)
+            buf.ft.append(now)
+            buf.fx += values
+            buf.n += n
             self._buffered += n
-            full = len(buf.m) >= EVENT_POINTS
+            full = buf.n >= EVENT_POINTS
         for idx in idxs:
             next_step[idx] = step + 1
         self._points_logged += n
@@ -288,8 +306,9 @@ class Run:
                 buf.m.append(idx)
                 buf.s.append(s)
                 buf.t.append(now)
+            buf.n += len(items)
             self._buffered += len(items)
-            full = len(buf.m) >= EVENT_POINTS
+            full = buf.n >= EVENT_POINTS
         self._points_logged += len(items)
         if full:
             self._shipper.nudge()
@@ -320,6 +339,7 @@ class Run:
                 buf.s.append(start + i)
                 buf.t.append(now)
             self._next_step[idx] = start + len(values)
+            buf.n += len(values)
             self._buffered += len(values)
         self._points_logged += len(values)
 
@@ -521,18 +541,19 @@ class Run:
             self._enqueue("heartbeat", {})
 
     def _has_pending(self) -> bool:
-        return bool(self._pending or self._buf.m or any(lines for lines, _ in self._logs.values()))
+        return bool(self._pending or self._buf.n or any(lines for lines, _ in self._logs.values()))
 
     def _seal(self) -> None:
         """Turn the open buffers into events (caller holds the lock)."""
         buf = self._buf
-        if buf.m:
+        if buf.n:
             self._buf = _MetricBuffer()
+            # Each payload: (wire fields, points, highest metric index used).
+            payloads: list[tuple[dict[str, Any], int, int]] = []
             n = len(buf.m)
             for lo in range(0, n, EVENT_POINTS):
                 hi = min(n, lo + EVENT_POINTS)
                 payload: dict[str, Any] = {
-                    "names": self._names[: max(buf.m[lo:hi]) + 1],
                     "m": buf.m[lo:hi] if n > EVENT_POINTS else buf.m,
                     "s": buf.s[lo:hi] if n > EVENT_POINTS else buf.s,
                     "x": buf.v[lo:hi] if n > EVENT_POINTS else buf.v,
@@ -544,9 +565,31 @@ class Run:
                     payload["sv"] = sv
                 if nf:
                     payload["nf"] = nf
+                payloads.append((payload, hi - lo, max(buf.m[lo:hi])))
+            for idxs, steps, times, values in buf.frames:
+                width = len(idxs)
+                per = max(1, EVENT_POINTS // width)
+                for lo in range(0, len(steps), per):
+                    hi = min(len(steps), lo + per)
+                    whole = lo == 0 and hi == len(steps)
+                    frame = {
+                        "m": idxs,
+                        "s": steps if whole else steps[lo:hi],
+                        "t": times if whole else times[lo:hi],
+                        "x": values if whole else values[lo * width : hi * width],
+                    }
+                    points = (hi - lo) * width
+                    if payloads and payloads[-1][1] + points <= EVENT_POINTS:
+                        payload, had, top = payloads[-1]
+                        payload.setdefault("rows", []).append(frame)
+                        payloads[-1] = (payload, had + points, max(top, max(idxs)))
+                    else:
+                        payloads.append(({"rows": [frame]}, points, max(idxs)))
+            for payload, points, top in payloads:
+                payload["names"] = self._names[: top + 1]
                 if self._desc:
                     payload["desc"], self._desc = self._desc, {}
-                self._pending.append((self._event("metrics", payload), hi - lo))
+                self._pending.append((self._event("metrics", payload), points))
         for stream, (lines, times) in self._logs.items():
             if lines:
                 self._logs[stream] = ([], [])
@@ -556,11 +599,17 @@ class Run:
         with self._lock:
             self._seal()
             events, self._pending = self._pending, []
-        # Packing happens outside the lock, so the training thread never waits on it.
+        # Packing happens outside the lock, so the training thread never waits on it
+        # (and only once: a requeued event is already packed).
         for event, points in events:
-            if points and event["kind"] == "metrics" and type(event["m"]) is list:
-                for column in PACKED_DTYPES:
-                    event[column] = pack(event[column], column)
+            if points and event["kind"] == "metrics":
+                if type(event.get("m")) is list:
+                    for column in PACKED_DTYPES:
+                        event[column] = pack(event[column], column)
+                for frame in event.get("rows", ()):
+                    if type(frame["s"]) is list:
+                        for column in ("s", "t", "x"):
+                            frame[column] = pack(frame[column], column)
         return events
 
     def _acked(self, points: int) -> None:

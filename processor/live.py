@@ -16,13 +16,8 @@ RunKey = tuple[str, str]  # (project, run id)
 
 LIVE_POINTS_PER_METRIC = 200
 LIVE_LOG_LINES = 200
-SMALL_EVENT = 256
+SMALL_BATCH = 2048  # points in a batch below which plain Python is faster than numpy
 _INF = float("inf")
-
-
-def _extend_range(slot: dict[str, Any], lo: float, hi: float) -> None:
-    slot["min"] = lo if "min" not in slot else min(slot["min"], lo)
-    slot["max"] = hi if "max" not in slot else max(slot["max"], hi)
 
 
 def _small_points(metrics: dict[str, Any], evs: list[dict[str, Any]]) -> None:
@@ -34,36 +29,67 @@ def _small_points(metrics: dict[str, Any], evs: list[dict[str, Any]]) -> None:
             if slot is None:
                 slot = metrics[names[i]] = {"s": [], "v": [], "n": 0}
             slot["s"].append(step)
-            slot["v"].append(x if x == x and x not in (_INF, -_INF) else None)
+            if x == x and x not in (_INF, -_INF):
+                slot["v"].append(x)
+                if "min" not in slot:
+                    slot["min"] = slot["max"] = x
+                elif x < slot["min"]:
+                    slot["min"] = x
+                elif x > slot["max"]:
+                    slot["max"] = x
+            else:
+                slot["v"].append(None)
             slot["n"] += 1
 
 
-def _many_points(metrics: dict[str, Any], evs: list[dict[str, Any]]) -> None:
-    """One vectorised pass over all of a run's points in the batch: per metric the
-    count, the finite min/max and the newest LIVE_POINTS_PER_METRIC points."""
-    codes: dict[str, int] = {}
-    m_parts = []
-    for ev in evs:
-        local = np.array([codes.setdefault(name, len(codes)) for name in ev["names"]], dtype=np.int64)
-        m_parts.append(local[ev["_m"]])
-    m = np.concatenate(m_parts)
-    s = np.concatenate([ev["_s"] for ev in evs])
-    v = np.concatenate([ev["_v"] for ev in evs])
-    order = np.argsort(m, kind="stable")  # stable: keeps arrival order within a metric
-    bounds = np.searchsorted(m[order], np.arange(len(codes) + 1))
-    for name, code in codes.items():
-        picked = order[bounds[code] : bounds[code + 1]]
-        if not picked.size:
-            continue
-        values = v[picked]
-        slot = metrics.setdefault(name, {"s": [], "v": [], "n": 0})
-        finite = values[np.isfinite(values)]
-        if finite.size:
-            _extend_range(slot, float(finite.min()), float(finite.max()))
-        newest = picked[-LIVE_POINTS_PER_METRIC:]
-        slot["s"].extend(s[newest].tolist())
-        slot["v"].extend([x if x == x and x not in (_INF, -_INF) else None for x in v[newest].tolist()])
-        slot["n"] += int(picked.size)
+def _many_points(per_run: dict[RunKey, dict[str, Any]], metric_events: dict[RunKey, list[dict[str, Any]]]) -> None:
+    """One vectorised pass over every point of the batch: per (run, metric) the count, the
+    finite min/max and the newest LIVE_POINTS_PER_METRIC points. Python touches only the
+    points that go out, once, and each group once."""
+    codes: dict[tuple[int, str], int] = {}
+    groups: list[tuple[RunKey, str]] = []
+    g_parts, s_parts, v_parts = [], [], []
+    for r, (key, evs) in enumerate(metric_events.items()):
+        for ev in evs:
+            local = []
+            for name in ev["names"]:
+                code = codes.get((r, name))
+                if code is None:
+                    code = codes[(r, name)] = len(groups)
+                    groups.append((key, name))
+                local.append(code)
+            g_parts.append(np.asarray(local, dtype=np.int64)[ev["_m"]])
+            s_parts.append(ev["_s"])
+            v_parts.append(ev["_v"])
+    g = np.concatenate(g_parts)
+    s = np.concatenate(s_parts)
+    v = np.concatenate(v_parts)
+    order = np.argsort(g.astype(np.uint16) if len(groups) <= 65536 else g, kind="stable")  # arrival order within a group
+    counts = np.bincount(g, minlength=len(groups))
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    finite = np.isfinite(v)
+    lo = np.minimum.reduceat(np.where(finite, v, _INF)[order], starts)
+    hi = np.maximum.reduceat(np.where(finite, v, -_INF)[order], starts)
+    keep = np.minimum(counts, LIVE_POINTS_PER_METRIC)
+    # Positions (in group order) of each group's newest `keep` points.
+    first_kept = ends - keep
+    offsets_in_kept = np.arange(int(keep.sum())) - np.repeat(np.cumsum(keep) - keep, keep)
+    picked = order[np.repeat(first_kept, keep) + offsets_in_kept]
+    steps = s[picked].tolist()
+    values = v[picked].tolist()
+    if not finite[picked].all():
+        for i in np.flatnonzero(~finite[picked]).tolist():
+            values[i] = None
+    lo_l, hi_l, counts_l, keep_l = lo.tolist(), hi.tolist(), counts.tolist(), keep.tolist()
+    at = 0
+    for code, (key, name) in enumerate(groups):
+        k = keep_l[code]
+        slot: dict[str, Any] = {"s": steps[at : at + k], "v": values[at : at + k], "n": counts_l[code]}
+        at += k
+        if lo_l[code] != _INF:
+            slot["min"], slot["max"] = lo_l[code], hi_l[code]
+        per_run[key].setdefault("metrics", {})[name] = slot
 
 
 def build_updates(events: list[dict[str, Any]], experiments: dict[RunKey, str], statuses: dict[RunKey, str]) -> list[dict[str, Any]]:
@@ -94,12 +120,11 @@ def build_updates(events: list[dict[str, Any]], experiments: dict[RunKey, str], 
             entry(ev).setdefault("files", []).append({"path": ev["path"], "file_kind": ev.get("file_kind", "file")})
         elif kind in ("tags", "params", "run_start"):
             entry(ev)["meta"] = True
-    for run, evs in metric_events.items():
-        metrics = per_run[run].setdefault("metrics", {})
-        if sum(len(ev["_m"]) for ev in evs) <= SMALL_EVENT:
-            _small_points(metrics, evs)
-        else:
-            _many_points(metrics, evs)
+    if sum(len(ev["_m"]) for evs in metric_events.values() for ev in evs) <= SMALL_BATCH:
+        for run, evs in metric_events.items():
+            _small_points(per_run[run].setdefault("metrics", {}), evs)
+    elif metric_events:
+        _many_points(per_run, metric_events)
     for key, status in statuses.items():
         item = per_run.get(key) or {"type": "update", "run": key[1], "project": key[0], "experiment": experiments.get(key, "")}
         item["status"] = status
@@ -108,9 +133,6 @@ def build_updates(events: list[dict[str, Any]], experiments: dict[RunKey, str], 
     for item in per_run.values():
         item["server_time"] = now
         for slot in item.get("metrics", {}).values():
-            finite = [x for x in slot["v"] if x is not None and not isinstance(x, str)]
-            if finite:
-                _extend_range(slot, min(finite), max(finite))
             if len(slot["s"]) > LIVE_POINTS_PER_METRIC:
                 slot["s"] = slot["s"][-LIVE_POINTS_PER_METRIC:]
                 slot["v"] = slot["v"][-LIVE_POINTS_PER_METRIC:]

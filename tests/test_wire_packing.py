@@ -91,10 +91,70 @@ def test_log_metrics_fast_path_buffers_exactly_what_the_general_path_does() -> N
     general._log_metrics_general({"loss": math.nan, "acc": 0.5}, 5, "")
     fast.log("loss", 0.1)  # the next index after the last explicit step
     general.log("loss", 0.1)
-    a, b = _columns(fast), _columns(general)
+    # The fast path buffers frames (sent after an event's per-point columns), so compare as sets of points.
+    a, b = sorted(_columns(fast), key=lambda p: p[:2]), sorted(_columns(general), key=lambda p: p[:2])
     assert [(n, s) for n, s, _ in a] == [(n, s) for n, s, _ in b]
     assert np.allclose([x for *_, x in a], [x for *_, x in b], equal_nan=True)
-    assert a[-1] == ("loss", 6, 0.1)
+    assert ("loss", 6, 0.1) in a
+
+
+def test_rows_frames_decode_to_the_same_points_as_columns() -> None:
+    t0 = 1_700_000_000.0
+    rows = [{"m": [1, 0], "s": pack([3, 4], "s"), "t": pack([t0, t0 + 1], "t"), "x": pack([0.9, 0.5, 0.95, 0.25], "x")}]
+    ev = validate(_metrics_event(m=[0], s=[2], x=[None], nf=[[0, "nan"]], rows=rows))
+    got = list(zip(ev["_m"].tolist(), ev["_s"].tolist(), ev["_v"].tolist(), ev["_t"].tolist()))
+    assert got[0][:2] == (0, 2) and math.isnan(got[0][2])
+    assert got[1:] == [(1, 3, 0.9, t0), (0, 3, 0.5, t0), (1, 4, 0.95, t0 + 1), (0, 4, 0.25, t0 + 1)]
+    only_rows = validate(_metrics_event(rows=[{"m": [0], "s": [7, 8], "x": [1.0, 2.0]}]))  # JSON arrays, t defaults to ts
+    assert only_rows["_s"].tolist() == [7, 8] and only_rows["_t"].tolist() == [t0, t0]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([], "non-empty array of frames"),
+        (["x"], "must be an object"),
+        ([{"m": [], "s": [0], "x": []}], "at least one metric"),
+        ([{"m": [2], "s": [0], "x": [1.0]}], "outside 'names'"),
+        ([{"m": [0, 0], "s": [0], "x": [1.0, 2.0]}], "names a metric twice"),
+        ([{"m": [0], "s": [], "x": []}], "at least one row"),
+        ([{"m": [0, 1], "s": [0], "x": [1.0]}], "expected 2"),
+        ([{"m": [0], "s": [0], "x": pack([math.nan], "x")}], "finite numbers"),
+        ([{"m": [0], "s": [0], "x": [math.inf]}], "non-finite"),
+        ([{"m": [0], "s": [0], "x": [1.0], "t": [-5.0]}], "seconds since the epoch"),
+        ([{"m": [0], "s": pack(list(range(100_001)), "s"), "x": [1.0]}], "points in one event"),
+    ],
+)
+def test_bad_rows_frames_are_refused_with_a_reason(rows: Any, message: str) -> None:
+    with pytest.raises(WireError, match=message):
+        validate(_metrics_event(rows=rows))
+
+
+def test_a_long_training_loop_is_sealed_into_bounded_events_of_frames() -> None:
+    from ingest.run import EVENT_POINTS
+
+    exp = Experiment("unit", settings=Settings().with_(kafka="127.0.0.1:9"))
+    run = Run(exp, shipper=_Shipper())  # type: ignore[arg-type]
+    steps = EVENT_POINTS // 3 + 7  # 3 metrics a step: more than one event's worth
+    for i in range(steps):
+        run.log_metrics({"a": 1.0 * i, "b": 2.0 * i, "c": 3.0 * i}, step=i)
+    run.log("lat", 0.5)  # per-point columns in the same seal
+    events = [ev for ev, _ in run._take_events() if ev["kind"] == "metrics"]
+    sizes = [len(validate(dict(ev))["_m"]) for ev in events]
+    # The first call takes the general path (per-point columns), the rest are frames split at the bound.
+    assert max(sizes) <= EVENT_POINTS and len(events) == 3 and sum("rows" in ev for ev in events) == 2
+    points = _columns_of(events)
+    assert len(points) == 3 * steps + 1
+    assert ("lat", 0, 0.5) in points and ("c", steps - 1, 3.0 * (steps - 1)) in points
+    assert len({(n, s) for n, s, _ in points}) == len(points)
+
+
+def _columns_of(events: list[dict[str, Any]]) -> list[tuple[str, int, Any]]:
+    out = []
+    for ev in events:
+        v = validate(ev)
+        out += [(ev["names"][i], s, x) for i, s, x in zip(v["_m"].tolist(), v["_s"].tolist(), v["_v"].tolist())]
+    return out
 
 
 def test_log_metrics_refuses_steps_beyond_int64_on_every_path() -> None:
@@ -114,7 +174,7 @@ def _event(run: str, names: list[str], m: list[int], s: list[int], v: list[float
 
 
 def test_live_updates_from_many_points_keep_the_newest_points_and_the_true_range() -> None:
-    n = 3 * LIVE_POINTS_PER_METRIC
+    n = 12 * LIVE_POINTS_PER_METRIC  # beyond SMALL_BATCH: the vectorised path
     events = [
         # Two events of one run whose name lists differ: indices are per event.
         _event("r", ["loss", "acc"], [0, 1] * (n // 2), [i // 2 for i in range(n)], [float(i) for i in range(n)]),
@@ -144,3 +204,30 @@ def test_producer_compression_is_none_on_this_host_and_lz4_across_a_network() ->
     assert compression_for("ZSTD", "localhost:9092") == "zstd" and compression_for("none", "kafka:9092") is None
     with pytest.raises(ValueError, match="RUNSTREAM_KAFKA_COMPRESSION"):
         Settings().with_(kafka_compression_setting="brotli")
+
+
+def test_vectorised_live_points_match_the_plain_python_path() -> None:
+    from processor.live import _many_points, _small_points
+
+    rng = np.random.default_rng(7)
+    events: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in range(4):
+        for e in range(3):
+            names = [f"m{j}" for j in rng.permutation(6)[: rng.integers(1, 6)]]
+            n = int(rng.integers(1, 400))
+            v = rng.normal(size=n)
+            v[rng.random(n) < 0.05] = math.inf
+            ev = _event(f"r{r}", names, rng.integers(0, len(names), n).tolist(), list(range(e * 1000, e * 1000 + n)), v.tolist())
+            events.setdefault(("p", f"r{r}"), []).append(ev)
+    vectorised: dict[Any, dict[str, Any]] = {key: {} for key in events}
+    _many_points(vectorised, events)
+    for key, evs in events.items():
+        plain: dict[str, Any] = {}
+        _small_points(plain, evs)
+        got = vectorised[key]["metrics"]
+        assert set(got) == set(plain)
+        for name, slot in plain.items():
+            keep = min(slot["n"], LIVE_POINTS_PER_METRIC)
+            assert got[name]["n"] == slot["n"]
+            assert got[name]["s"] == slot["s"][-keep:] and got[name]["v"] == slot["v"][-keep:]
+            assert (got[name].get("min"), got[name].get("max")) == (slot.get("min"), slot.get("max"))
