@@ -155,12 +155,13 @@ def _unpack(text: str, what: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).astype(dtype.newbyteorder("="), copy=False)  # native order for numpy and Arrow
 
 
-def _numeric_array(values: object, what: str, n: int | None, *, integer: bool = False) -> np.ndarray:
+def _numeric_array(values: object, what: str, n: int | None, *, integer: bool = False, checked: bool = False) -> np.ndarray:
+    """checked: the caller checks the values (of a packed column) itself."""
     if isinstance(values, str) and what in PACKED_DTYPES:
         arr = _unpack(values, what)
         if n is not None and len(arr) != n:
             raise WireError(f"'{what}' has {len(arr)} items; expected {n}")
-        if not integer and np.isinf(arr).any():
+        if not integer and not checked and np.isinf(arr).any():
             raise WireError(f"'{what}' holds a non-finite number; send NaN and infinities through 'nf'")
         return arr.astype(np.int64, copy=False) if integer else arr
     if not isinstance(values, list):
@@ -264,14 +265,17 @@ def _metric_rows(event: dict[str, Any], names: list[Any], budget: int) -> list[t
     for frame in rows:
         if not isinstance(frame, dict):
             raise WireError("each frame in 'rows' must be an object with m, s, t and x")
-        fm = _numeric_array(frame.get("m"), "m", None, integer=True)
-        width = len(fm)
+        idxs = frame.get("m")
+        if not isinstance(idxs, list) or not all(type(i) is int for i in idxs):
+            raise WireError("a frame's 'm' must be an array of integers (indexes into 'names')")
+        width = len(idxs)
         if not width:
             raise WireError("a frame's 'm' must name at least one metric")
-        if fm.min() < 0 or fm.max() >= len(names):
+        if min(idxs) < 0 or max(idxs) >= len(names):
             raise WireError("a frame's 'm' holds an index outside 'names'")
-        if len(np.unique(fm)) != width:
+        if len(set(idxs)) != width:
             raise WireError("a frame's 'm' names a metric twice")
+        fm = np.array(idxs, dtype=np.int64)
         fs = _numeric_array(frame.get("s"), "s", None, integer=True)
         k = len(fs)
         if not k:
@@ -279,8 +283,8 @@ def _metric_rows(event: dict[str, Any], names: list[Any], budget: int) -> list[t
         if k * width > budget:
             raise WireError(f"more than {MAX_POINTS_PER_EVENT} points in one event")
         budget -= k * width
-        fx = _numeric_array(frame.get("x"), "x", k * width)
-        if np.isnan(fx).any():
+        fx = _numeric_array(frame.get("x"), "x", k * width, checked=True)
+        if not np.isfinite(fx).all():
             raise WireError("a frame's 'x' must hold finite numbers; send other values through m/s/x with 'sv' or 'nf'")
         ft = _times(event, k, frame)
         out.append((np.tile(fm, k), np.repeat(fs, width), fx, np.repeat(ft, width)))

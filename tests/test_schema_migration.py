@@ -29,7 +29,8 @@ after = client.query("SELECT count(), sum(value), uniqExact(run_id, metric, step
 key = client.query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'metric_points'").result_rows[0][0]
 projections = client.query("SELECT count() FROM system.projections WHERE table = 'metric_points'").result_rows[0][0]
 leftover = client.query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'metric_points_v3'").result_rows[0][0]
-client.command("INSERT INTO metric_points (project, run_id, metric, step, value, kafka_topic, kafka_partition, kafka_offset) VALUES ('p', 'new', 'm0', 1, 2.5, 't', 0, 9999)")
+client.command("INSERT INTO metric_points (project, run_id, metric, step, value, kafka_topic, kafka_partition, kafka_offset) "
+               "VALUES ('p', 'new', 'm0', 1, 2.5, 't', 0, 9999)")
 summary = client.query("SELECT sum(count_state), max(max_state) FROM metric_summaries WHERE run_id = 'new'").result_rows[0]
 print(json.dumps({"before": list(before), "after": list(after), "applied": applied, "again": again, "key": key,
                   "projections": projections, "leftover": leftover, "summary": list(summary)}))
