@@ -66,10 +66,25 @@ class Gateway:
             self._producer = None
 
 
+def _items(column: object, itemsize: int) -> int:
+    """Items in a JSON array or a packed (base64) column, before validation."""
+    if isinstance(column, list):
+        return len(column)
+    if isinstance(column, str):
+        return len(column) * 3 // 4 // itemsize
+    return 0
+
+
 def points_of(event: dict[str, Any]) -> int:
     kind = event.get("kind")
-    if kind == "metrics" and isinstance(event.get("m"), list):
-        return len(event["m"])
+    if kind == "metrics":
+        points = _items(event.get("m"), 4)
+        rows = event.get("rows")
+        if isinstance(rows, list):
+            for frame in rows:
+                if isinstance(frame, dict):
+                    points += _items(frame.get("m"), 4) * _items(frame.get("s"), 8)
+        return points
     if kind == "table" and isinstance(event.get("columns"), dict):
         return sum(len(v) for v in event["columns"].values() if isinstance(v, list))
     if kind == "log" and isinstance(event.get("lines"), list):

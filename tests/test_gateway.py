@@ -158,6 +158,11 @@ def small_limits(stack: Stack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
         pytest.param([_metrics("r", 1) for _ in range(6)], "6 events in one request; the limit is 5", id="too many events"),
         pytest.param([_metrics("r", 21)], "event 0: 21 points in one event; the limit is 20", id="too many points in an event"),
         pytest.param([_metrics("r", 20) for _ in range(3)], "60 points in one request; the limit is 50", id="too many points in a request"),
+        pytest.param(
+            [_ev("metrics", "r", names=["a", "b"], rows=[{"m": [0, 1], "s": list(range(11)), "x": [1.0] * 22}])],
+            "event 0: 22 points in one event; the limit is 20",
+            id="too many points in an event's frames",
+        ),
     ],
 )
 def test_too_much_in_one_request_is_413(small_limits: TestClient, events: list[dict[str, Any]], message: str) -> None:
