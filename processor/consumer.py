@@ -232,10 +232,11 @@ class Processor:
         min_interval after the previous batch started (loaded_interval after a batch of
         LOADED_POINTS or more), unless the stream pauses for PAUSE_S: every batch costs a
         part in each table and its share of merges, tens of ms of engine CPU whatever its
-        size, so fewer, larger batches leave the CPU to everything else (measured at
-        20,000 points/s: WebSocket p50 212 -> 157 ms with 100 ms; 1 M points: 16-35
-        batches -> 4-5 and ~600k -> ~730k points/s with 250 ms). An idle pipeline that
-        receives a record writes it after batch_window."""
+        size, so fewer, larger batches leave the CPU to everything else (1 M points end to
+        end: 16-37 batches -> 6-10 and ~500-600k -> ~600-710k points/s with 250 ms). A
+        live stream's batches (~1,000 points) stay back to back (min_interval 0: a fixed
+        100 ms gave no reproducible latency gain). An idle pipeline that receives a record
+        writes it after batch_window."""
         assert self._consumer is not None
         count = sum(len(v) for v in data.values())
         interval = self.loaded_interval if self._last_points >= LOADED_POINTS else self.min_interval
