@@ -68,9 +68,14 @@ def _many_points(per_run: dict[RunKey, dict[str, Any]], metric_events: dict[RunK
     counts = np.bincount(g, minlength=len(groups))
     ends = np.cumsum(counts)
     starts = ends - counts
+    # An event's names may include some none of its points use: those groups get no slot
+    # (and reduceat must not see their empty ranges).
+    present = np.flatnonzero(counts)
     finite = np.isfinite(v)
-    lo = np.minimum.reduceat(np.where(finite, v, _INF)[order], starts)
-    hi = np.maximum.reduceat(np.where(finite, v, -_INF)[order], starts)
+    lo = np.full(len(groups), _INF)
+    hi = np.full(len(groups), -_INF)
+    lo[present] = np.minimum.reduceat(np.where(finite, v, _INF)[order], starts[present])
+    hi[present] = np.maximum.reduceat(np.where(finite, v, -_INF)[order], starts[present])
     keep = np.minimum(counts, LIVE_POINTS_PER_METRIC)
     # Positions (in group order) of each group's newest `keep` points.
     first_kept = ends - keep
@@ -85,6 +90,8 @@ def _many_points(per_run: dict[RunKey, dict[str, Any]], metric_events: dict[RunK
     at = 0
     for code, (key, name) in enumerate(groups):
         k = keep_l[code]
+        if not k:
+            continue
         slot: dict[str, Any] = {"s": steps[at : at + k], "v": values[at : at + k], "n": counts_l[code]}
         at += k
         if lo_l[code] != _INF:
