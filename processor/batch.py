@@ -61,13 +61,18 @@ def _ms(seconds: np.ndarray) -> pa.Array:
 
 
 def _kafka_columns(recs: list[Record], counts: list[int]) -> dict[str, pa.Array]:
+    """Kafka coordinates of each row when record i holds the next counts[i] rows."""
+    return _kafka_columns_of_rows(recs, np.repeat(np.arange(len(recs), dtype=np.intp), np.array(counts, dtype=np.int64)))
+
+
+def _kafka_columns_of_rows(recs: list[Record], rec_of_row: np.ndarray) -> dict[str, pa.Array]:
+    """Kafka coordinates of each row, given the index of its record."""
     topics = _Interner()
     t_idx = np.array([topics(r.topic) for r in recs], dtype=np.int32)
-    reps = np.array(counts, dtype=np.int64)
     return {
-        "kafka_topic": _dict_array(topics.values, np.repeat(t_idx, reps)),
-        "kafka_partition": pa.array(np.repeat(np.array([r.partition for r in recs], dtype=np.uint16), reps)),
-        "kafka_offset": pa.array(np.repeat(np.array([r.offset for r in recs], dtype=np.uint64), reps)),
+        "kafka_topic": _dict_array(topics.values, t_idx[rec_of_row]),
+        "kafka_partition": pa.array(np.array([r.partition for r in recs], dtype=np.uint16)[rec_of_row]),
+        "kafka_offset": pa.array(np.array([r.offset for r in recs], dtype=np.uint64)[rec_of_row]),
     }
 
 
@@ -199,17 +204,6 @@ def _metric_points(recs: list[Record]) -> pa.Table:
     }
     cols.update(_kafka_columns_of_rows(recs, rec_of_row))
     return pa.table(cols)
-
-
-def _kafka_columns_of_rows(recs: list[Record], rec_of_row: np.ndarray) -> dict[str, pa.Array]:
-    """Kafka coordinates of each row, given the index of its record."""
-    topics = _Interner()
-    t_idx = np.array([topics(r.topic) for r in recs], dtype=np.int32)
-    return {
-        "kafka_topic": _dict_array(topics.values, t_idx[rec_of_row]),
-        "kafka_partition": pa.array(np.array([r.partition for r in recs], dtype=np.uint16)[rec_of_row]),
-        "kafka_offset": pa.array(np.array([r.offset for r in recs], dtype=np.uint64)[rec_of_row]),
-    }
 
 
 def _table_cells(recs: list[Record]) -> pa.Table:

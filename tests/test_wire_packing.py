@@ -71,13 +71,7 @@ class _Shipper:
 
 
 def _columns(run: Run) -> list[tuple[str, int, Any]]:
-    events = [ev for ev, _ in run._take_events() if ev["kind"] == "metrics"]
-    out = []
-    for ev in events:
-        v = validate(ev)
-        for i, step, value in zip(v["_m"].tolist(), v["_s"].tolist(), v["_v"].tolist()):
-            out.append((ev["names"][i], step, value))
-    return out
+    return _columns_of([ev for ev, _ in run._take_events() if ev["kind"] == "metrics"])
 
 
 def test_log_metrics_fast_path_buffers_exactly_what_the_general_path_does() -> None:
@@ -150,6 +144,7 @@ def test_a_long_training_loop_is_sealed_into_bounded_events_of_frames() -> None:
 
 
 def _columns_of(events: list[dict[str, Any]]) -> list[tuple[str, int, Any]]:
+    """(name, step, value) of every point of the events, as the processor decodes them."""
     out = []
     for ev in events:
         v = validate(ev)
