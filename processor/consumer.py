@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
 
 from processor import batch as batching
 from processor.live import RunKey, build_updates
@@ -193,34 +193,60 @@ class Processor:
         assert self._consumer is not None
         try:
             while not self._stopping.is_set():
-                epoch = self._revocations
                 try:
-                    data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
-                except Exception as exc:  # broker hiccups must not end the loop
-                    log.warning("poll failed: %s", exc)
-                    await asyncio.sleep(0.5)
-                    continue
-                if not data:
-                    if self._inflight is None or self._inflight.done():
-                        self.ready.set()
-                    await self._update_lag()
-                    continue
-                data = await self._accumulate(data, epoch)
-                if not data:
-                    continue
-                async with self._work_lock:
-                    if self._revocations != epoch:  # a revocation won the lock: see _accumulate
-                        await self._reposition(self._consumer.assignment())
-                        continue
-                    prepared = await self._prepare(data)
-                    self._batch_started = time.monotonic()
-                    self._last_points = prepared.built.points
-                    previous, previous_data = self._inflight, self._data_done
-                    self._data_done = asyncio.get_running_loop().create_future()
-                    self._inflight = asyncio.create_task(self._finish(prepared, previous, previous_data, self._data_done))
-                await self._update_lag()
+                    await self._step()
+                except Exception as exc:  # the loop must outlive any one batch: a dead loop in a live process consumes nothing
+                    await self._recover(exc)
         finally:
             await self.wait_inflight()
+
+    async def _step(self) -> None:
+        assert self._consumer is not None
+        epoch = self._revocations
+        try:
+            data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
+        except Exception as exc:  # broker hiccups must not end the loop
+            log.warning("poll failed: %s", exc)
+            await asyncio.sleep(0.5)
+            return
+        if not data:
+            if self._inflight is None or self._inflight.done():
+                self.ready.set()
+            await self._update_lag()
+            return
+        data = await self._accumulate(data, epoch)
+        if not data:
+            return
+        async with self._work_lock:
+            if self._revocations != epoch:  # a revocation won the lock: see _accumulate
+                await self.wait_inflight()
+                await self._reposition(self._consumer.assignment(), rewind=True)
+                return
+            prepared = await self._prepare(data)
+            self._batch_started = time.monotonic()
+            self._last_points = prepared.built.points
+            previous, previous_data = self._inflight, self._data_done
+            self._data_done = asyncio.get_running_loop().create_future()
+            self._inflight = asyncio.create_task(self._finish(prepared, previous, previous_data, self._data_done))
+        await self._update_lag()
+
+    async def _recover(self, exc: Exception) -> None:
+        """After an unexpected error in the loop: the records polled but not prepared are
+        dropped, so once the batch in flight is stored, every assigned partition is read
+        again from the first record not stored (the watermarks skip anything replayed)."""
+        log.exception("processor loop error; re-reading from the stored positions: %s", exc)
+        self.stats.last_error = f"loop: {exc!r}"[:500]
+        await asyncio.sleep(0.2)  # a persistent fault must not spin the CPU
+        try:
+            async with self._work_lock:
+                await self.wait_inflight()
+                # The failed batch may have moved the caches past what is stored: reload them.
+                self.runs.clear()
+                self.seen_ids.clear()
+                if self._consumer is not None:
+                    await self._reposition(self._consumer.assignment(), rewind=True)
+        except Exception as again:
+            log.error("repositioning after a loop error failed (retried on the next error or rebalance): %r", again)
 
     async def wait_inflight(self) -> None:
         task = self._inflight
@@ -268,14 +294,16 @@ class Processor:
             # belong to another owner now, and which records came before the new
             # positions is unknowable. Drop it all and read again from the positions
             # of the current assignment.
-            await self._reposition(self._consumer.assignment())
+            await self._reposition(self._consumer.assignment(), rewind=True)
             return {}
         return data
 
-    async def _reposition(self, assigned: set[TopicPartition]) -> None:
+    async def _reposition(self, assigned: set[TopicPartition], *, rewind: bool = False) -> None:
         """Start each assigned partition at the first record this shard has not stored and
         no owner has committed: max(committed offset, own watermark + 1). With an engine
-        per instance, another instance's writes show only in the committed offsets."""
+        per instance, another instance's writes show only in the committed offsets. A
+        partition with neither starts at the consumer's reset (earliest); `rewind` seeks it
+        there explicitly, for records already fetched from it and then dropped."""
         consumer = self._consumer
         if consumer is None:
             return
@@ -286,9 +314,15 @@ class Processor:
                 log.warning("committed offset of %s unknown: %s", tp, exc)
                 continue
             mark = self.watermarks["ingested_events"].get((tp.topic, tp.partition), -1)
-            if committed is None and mark < 0:
-                continue  # nothing known: the consumer's own reset (earliest) applies
-            consumer.seek(tp, max(committed or 0, mark + 1))
+            try:
+                if committed is not None or mark >= 0:
+                    consumer.seek(tp, max(committed or 0, mark + 1))
+                elif rewind:
+                    await consumer.seek_to_beginning(tp)
+            except (IllegalStateError, AssertionError):
+                # Revoked while its committed offset was read (a rebalance started): the
+                # partition's next owner positions it. Raising here ended the loop.
+                log.info("%s no longer assigned; not repositioned", tp)
 
     async def _update_lag(self) -> None:
         """Records behind the high-water marks, refreshed at most once a second (public

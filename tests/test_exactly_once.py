@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
+
+from aiokafka import TopicPartition
 
 from ingest import Experiment
 from processor.consumer import Processor
@@ -120,3 +123,48 @@ def test_processor_stopped_and_restarted_mid_stream_loses_nothing(home, kafka_bo
     assert store.query_rows(
         "SELECT uniqExact(run_id, step), count(), sum(value) FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids}
     ) == [(12000, 12000, 4 * sum(range(3000)))]
+
+
+def test_repositioning_a_partition_revoked_meanwhile_does_not_end_the_loop(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    """A rebalance can revoke a partition while its committed offset is read: the seek then
+    raised and ended the consumer loop, leaving a live process that consumed nothing."""
+    settings = new_settings(home, kafka_bootstrap)
+    proc = Processor(settings, store, group_id=f"g-revoked-{uuid.uuid4().hex[:6]}", publish_live=False)
+    stack.run(proc.start())
+    try:
+        ids = _log_runs(settings, runs=1, steps=100, prefix="revoked")
+        wait_until(lambda: _points(store, ids) == 200, 60, what="points before the stale reposition")
+        gone = TopicPartition(settings.events_topic, settings.partitions + 3)  # never assigned to this member
+        proc.watermarks["ingested_events"][(gone.topic, gone.partition)] = 5  # a stored offset: the seek is attempted
+        stack.run(proc._reposition({gone}))
+        ids += _log_runs(settings, runs=1, steps=100, prefix="revoked-after")
+        wait_until(lambda: _points(store, ids) == 400, 60, what="points after the stale reposition")
+    finally:
+        stack.run(proc.stop())
+
+
+def test_an_unexpected_error_in_the_loop_drops_nothing_and_writes_nothing_twice(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    settings = new_settings(home, kafka_bootstrap)
+    proc = Processor(settings, store, group_id=f"g-loop-{uuid.uuid4().hex[:6]}", publish_live=False)
+    prepare = proc._prepare
+    failures = {"left": 2}
+
+    async def flaky_prepare(data: Any) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("injected loop failure")
+        return await prepare(data)
+
+    proc._prepare = flaky_prepare  # type: ignore[method-assign]
+    stack.run(proc.start())
+    try:
+        ids = _log_runs(settings, runs=3, steps=500, prefix="loop-error")
+        wait_until(lambda: _points(store, ids) >= 3 * 500 * 2, 60, what="points after injected loop failures")
+        wait_until(lambda: proc.stats.consumer_lag == 0, 30, what="processor caught up")
+        assert failures["left"] == 0 and "injected loop failure" in proc.stats.last_error
+        assert proc._task is not None and not proc._task.done()
+    finally:
+        stack.run(proc.stop())
+    rows = store.query_rows("SELECT uniqExact(run_id, metric, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids})
+    assert rows == [(3000, 3000)]
+    assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", {"ids": ids}) == [(3,)]

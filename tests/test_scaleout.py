@@ -177,12 +177,14 @@ def test_two_processors_split_the_partitions_and_write_every_point_once_across_r
     runs = [exp.start_logging(name=f"shard-{i}", run_id=run_id, capture_output=False) for i, run_id in enumerate(ids)]
     loop = TrainingLoop(runs)
     loop.start()
+    members = [a]
     try:
         wait_until(lambda: a.written() > 0, 60, what="instance a storing points")
 
         # b joins while the loop logs: the group rebalances and the partitions are split.
         joined_at = loop.steps
         b = spawn("b", settings, group)
+        members.append(b)
         wait_until(lambda: b.written() > 0, 60, what=f"instance b storing points after joining (a wrote {a.written()})")
         a_after_join = a.written()
         wait_until(lambda: a.written() > a_after_join, 60, what="instance a still storing its share after the rebalance")
@@ -194,6 +196,9 @@ def test_two_processors_split_the_partitions_and_write_every_point_once_across_r
         left_at = loop.steps
         wait_until(lambda: loop.steps >= left_at + AFTER_LEAVE_STEPS, 30, what="steps logged after a left")
         b_before_takeover = b.written()
+    except AssertionError as exc:  # what each instance logged is what tells a stall from a crash
+        logs = "".join(f"\n--- processor {inst.name} (exit {inst.proc.poll()}) ---\n{inst.tail()}" for inst in members)
+        raise AssertionError(f"{exc}{logs}") from exc
     finally:
         steps = loop.finish()
     total = len(ids) * len(METRICS) * steps
