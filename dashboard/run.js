@@ -109,6 +109,9 @@ class MetricCard {
         sm.max = sm.max == null || v > sm.max ? v : sm.max;
       } else if (typeof v === "string") sm.last = v;
     }
+    // A truncated slot carries a short tail; its min/max cover every point of the batch.
+    if (isNum(slot.min)) sm.min = sm.min == null || slot.min < sm.min ? slot.min : sm.min;
+    if (isNum(slot.max)) sm.max = sm.max == null || slot.max > sm.max ? slot.max : sm.max;
     sm.count = (sm.count || 0) + (slot.n ?? slot.s.length);
     if (slot.s.length) sm.last_step = slot.s[slot.s.length - 1];
     this.renderStats();

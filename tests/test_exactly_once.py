@@ -168,3 +168,30 @@ def test_an_unexpected_error_in_the_loop_drops_nothing_and_writes_nothing_twice(
     rows = store.query_rows("SELECT uniqExact(run_id, metric, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids})
     assert rows == [(3000, 3000)]
     assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", {"ids": ids}) == [(3,)]
+
+
+def test_a_backlog_is_written_in_batches_of_bounded_size_each_point_once(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    settings = new_settings(home, kafka_bootstrap)
+    exp = Experiment("backlog", settings=settings)
+    runs = [exp.start_logging(name=f"backlog-{i}") for i in range(4)]
+    for step in range(2000):
+        for run in runs:
+            run.log_metrics({"loss": 1.0 / (step + 1), "acc": step / 2000}, step=step)
+        if step % 100 == 99:
+            for run in runs:
+                assert run.flush(30)  # many records of ~100 rows: the backlog the processor finds
+    ids = [r.id for r in runs]
+    polled = 0
+    proc = Processor(settings, store, group_id=f"g-backlog-{uuid.uuid4().hex[:6]}", publish_live=False, max_batch_bytes=16_000)
+    stack.run(proc.start())
+    try:
+        wait_until(lambda: _points(store, ids) >= 4 * 2000 * 2, 60, what="the backlog written")
+        polled = proc.stats.batches
+    finally:
+        stack.run(proc.stop())
+    # 80 records of ~1-2 KB under a 16 KB cap: several per batch, and far more than one batch.
+    assert polled >= 5, polled
+    rows = store.query_rows("SELECT uniqExact(run_id, metric, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids})
+    assert rows == [(16_000, 16_000)]
+    for run in runs:
+        run.complete()

@@ -13,7 +13,7 @@ import pytest
 
 from ingest.run import Experiment, Run
 from ingest.values import InvalidInput
-from processor.live import LIVE_POINTS_PER_METRIC, build_updates
+from processor.live import LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS, build_updates
 from runstream.config import Settings
 from runstream.wire import WireError, pack, validate
 
@@ -177,7 +177,7 @@ def test_live_updates_from_many_points_keep_the_newest_points_and_the_true_range
     ]
     (update,) = build_updates(events, {("p", "r"): "exp"}, {})
     loss, acc = update["metrics"]["loss"], update["metrics"]["acc"]
-    assert loss["n"] == n // 2 and loss["truncated"] is True and len(loss["s"]) == LIVE_POINTS_PER_METRIC
+    assert loss["n"] == n // 2 and loss["truncated"] is True and len(loss["s"]) == LIVE_TAIL_POINTS
     assert loss["s"][-1] == n // 2 - 1 and loss["min"] == 0.0 and loss["max"] == float(n - 2)
     assert acc["n"] == n // 2 + 10 and acc["s"][-10:] == list(range(n, n + 10))
     assert acc["v"][-1] is None and acc["min"] == -5.0 and acc["max"] == float(n - 1)
@@ -202,7 +202,8 @@ def test_producer_compression_is_none_on_this_host_and_lz4_across_a_network() ->
 
 
 def test_vectorised_live_points_match_the_plain_python_path() -> None:
-    from processor.live import _many_points, _small_points
+    from processor.batch import metric_groups
+    from processor.live import _group_points, _small_points
 
     rng = np.random.default_rng(7)
     events: dict[tuple[str, str], list[dict[str, Any]]] = {}
@@ -217,14 +218,14 @@ def test_vectorised_live_points_match_the_plain_python_path() -> None:
             ev = _event(f"r{r}", names, m, list(range(e * 1000, e * 1000 + n)), v.tolist())
             events.setdefault(("p", f"r{r}"), []).append(ev)
     vectorised: dict[Any, dict[str, Any]] = {key: {} for key in events}
-    _many_points(vectorised, events)
+    _group_points(vectorised, metric_groups([ev for evs in events.values() for ev in evs]))
     for key, evs in events.items():
         plain: dict[str, Any] = {}
         _small_points(plain, evs)
         got = vectorised[key]["metrics"]
         assert set(got) == set(plain)
         for name, slot in plain.items():
-            keep = min(slot["n"], LIVE_POINTS_PER_METRIC)
+            keep = slot["n"] if slot["n"] <= LIVE_POINTS_PER_METRIC else LIVE_TAIL_POINTS
             assert got[name]["n"] == slot["n"]
             assert got[name]["s"] == slot["s"][-keep:] and got[name]["v"] == slot["v"][-keep:]
             assert (got[name].get("min"), got[name].get("max")) == (slot.get("min"), slot.get("max"))
