@@ -328,6 +328,8 @@ class Processor:
         while count < self.max_records and size < self.max_batch_bytes:
             writing = self._data_done
             if writing is not None and not writing.done():
+                if time.monotonic() - arrived >= PAUSE_S:
+                    break  # the stream paused: prepare now, ready to go once the write ends
                 # The consumer keeps fetching in the background; take what it has every
                 # WRITE_POLL_S until the data tables are written or the batch is full.
                 await asyncio.wait({writing}, timeout=WRITE_POLL_S)

@@ -18,8 +18,8 @@ from processor.batch import MetricGroups, metric_groups
 
 RunKey = tuple[str, str]  # (project, run id)
 
-LIVE_POINTS_PER_METRIC = 200  # a slot with more points is truncated: the dashboard refetches the series
-LIVE_TAIL_POINTS = 32  # the newest points a truncated slot still carries (sparklines, last values)
+LIVE_POINTS_PER_METRIC = 64  # a slot with more points is truncated: the dashboard refetches the series
+LIVE_TAIL_POINTS = 16  # the newest points a truncated slot still carries (sparklines, last values)
 LIVE_LOG_LINES = 200
 SMALL_BATCH = 2048  # points in a batch below which plain Python is faster than numpy
 _INF = float("inf")

@@ -28,7 +28,7 @@ METRIC_POINT_CODECS = {
 }
 METRIC_POINT_COLUMNS = f"""
     project LowCardinality(String),
-    run_id String,
+    run_id LowCardinality(String),
     metric LowCardinality(String),
     step {METRIC_POINT_CODECS["step"]},
     value {METRIC_POINT_CODECS["value"]},
@@ -173,6 +173,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # metric_points' codecs from ZSTD(1) to LZ4 (see METRIC_POINT_CODECS): a change of
         # metadata only; parts written before keep ZSTD until merges rewrite them.
         ["ALTER TABLE metric_points " + ", ".join(f"MODIFY COLUMN {name} {decl}" for name, decl in METRIC_POINT_CODECS.items())],
+    ),
+    (
+        5,
+        # run_id as LowCardinality(String) in metric_points: the summaries view groups
+        # every inserted block by it, and dictionary codes hash faster than strings (1 M
+        # points in 4 inserts with the view: 0.44 -> 0.37 s of engine CPU, median of 4).
+        # Parts hold a few hundred runs, well within what LowCardinality is for. A
+        # mutation rewrites the column of existing parts in the background.
+        ["ALTER TABLE metric_points MODIFY COLUMN run_id LowCardinality(String)"],
     ),
 ]
 

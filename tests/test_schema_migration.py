@@ -1,5 +1,5 @@
-"""Migrations 3 (metric_points re-ordered by (project, metric, run_id, step), no projection)
-and 4 (LZ4 codecs) on a database written by the earlier schema: every point kept, the
+"""Migrations 3 (metric_points re-ordered by (project, metric, run_id, step), no projection),
+4 (LZ4 codecs) and 5 (LowCardinality run ids) on a database written by the earlier schema: every point kept, the
 summaries view attached. Runs in a subprocess: one process hosts one embedded engine path."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ schema.MIGRATIONS[:] = [m for m in full if m[0] < 3]
 schema.migrate(client)
 # The codecs before migration 4 (migration 1 now declares the current ones).
 old_codecs = [f"MODIFY COLUMN {c} {d.replace('LZ4', 'ZSTD(1)')}" for c, d in schema.METRIC_POINT_CODECS.items()]
+old_codecs.append("MODIFY COLUMN run_id String")
 client.command("ALTER TABLE metric_points " + ", ".join(old_codecs))
 client.command("INSERT INTO metric_points (project, run_id, metric, step, value, kafka_topic, kafka_partition, kafka_offset) "
                "SELECT 'p', concat('r', toString(number % 7)), concat('m', toString(number % 3)), number, number * 0.5, 't', 0, number "
@@ -31,6 +32,8 @@ again = schema.migrate(client)
 after = client.query("SELECT count(), sum(value), uniqExact(run_id, metric, step) FROM metric_points").result_rows[0]
 key = client.query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'metric_points'").result_rows[0][0]
 projections = client.query("SELECT count() FROM system.projections WHERE table = 'metric_points'").result_rows[0][0]
+types = dict(client.query("SELECT name, type FROM system.columns "
+                          "WHERE database = currentDatabase() AND table = 'metric_points'").result_rows)
 codecs = dict(client.query("SELECT name, compression_codec FROM system.columns "
                            "WHERE database = currentDatabase() AND table = 'metric_points'").result_rows)
 leftover = client.query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'metric_points_v3'").result_rows[0][0]
@@ -38,17 +41,18 @@ client.command("INSERT INTO metric_points (project, run_id, metric, step, value,
                "VALUES ('p', 'new', 'm0', 1, 2.5, 't', 0, 9999)")
 summary = client.query("SELECT sum(count_state), max(max_state) FROM metric_summaries WHERE run_id = 'new'").result_rows[0]
 print(json.dumps({"before": list(before), "after": list(after), "applied": applied, "again": again, "key": key,
-                  "projections": projections, "leftover": leftover, "codecs": codecs, "summary": list(summary)}))
+                  "projections": projections, "leftover": leftover, "codecs": codecs, "types": types, "summary": list(summary)}))
 """
 
 
-def test_migrations_3_and_4_reorder_metric_points_switch_codecs_and_keep_every_point(tmp_path: Path) -> None:
+def test_migrations_3_to_5_reorder_metric_points_switch_codecs_and_types_and_keep_every_point(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "engine")], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["before"] == result["after"] == [5000, sum(i * 0.5 for i in range(5000)), 5000]
-    assert result["applied"] == [3, 4] and result["again"] == []
+    assert result["applied"] == [3, 4, 5] and result["again"] == []
+    assert result["types"]["run_id"] == "LowCardinality(String)"
     assert {c: result["codecs"][c] for c in ("step", "value", "ts", "kafka_offset")} == {
         "step": "CODEC(Delta(8), LZ4)",
         "value": "CODEC(Gorilla(8), LZ4)",
