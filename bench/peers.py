@@ -245,6 +245,24 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
         warm.log("warm", 1.0)
         warm.complete()
         wait_count(1, 120)
+        if args.warmup:
+            # One untimed pass of the workload's shape: a freshly started broker's JVM is still
+            # compiling its hot paths (its CPU per million points halves once warm), and a
+            # deployed broker and processor are long-running. Runs of their own experiment.
+            t = time.perf_counter()
+            warm_exp = Experiment("peers-warm-up", settings=settings)
+            warm_runs = [warm_exp.start_logging(name=f"warm-{i}") for i in range(args.runs)]
+            warm_names = [f"metric_{j}" for j in range(args.metrics)]
+            for step in range(args.steps):
+                values = step_values(step, warm_names)
+                for run in warm_runs:
+                    run.log_metrics(values, step=step)
+            for run in warm_runs:
+                run.complete()
+            expected = 1 + args.runs * args.steps * args.metrics
+            wait_count(expected, args.settle)
+            time.sleep(2.0)  # the warm-up's last writes and their merges settle before the clock starts
+            print(f"  runstream: warm-up pass ({expected - 1:,} points, untimed) in {time.perf_counter() - t:.1f}s", file=sys.stderr)
         baseline = count()
 
         # 1) the workload: RUNS open runs, step-major, one log_metrics call per run and step
@@ -284,6 +302,7 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
         if stored < full:
             row["verified"] += f" - LOST {full - stored:,} points ({diagnostics()})"
         row["note"] = f"all {args.runs} runs open at once in one thread; Kafka acked {t_acked - t0:.1f}s after the first call"
+        row["note"] += "; after one untimed warm-up pass of the same shape" if args.warmup else "; first pass on a cold broker (--warmup 0)"
         t = time.perf_counter()
         for run in runs:
             run.complete()
@@ -795,6 +814,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--budget", type=float, default=40.0, help="seconds per peer mode for the workload; slower tools do a subset of whole runs")
     p.add_argument("--cost-budget", type=float, default=5.0, help="seconds per call-cost loop for peers")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=1,
+        choices=(0, 1),
+        help="runstream: one untimed pass of the workload first (a cold broker JVM costs ~2x the CPU per point); 0 = time the first pass",
+    )
     p.add_argument("--settle", type=float, default=240.0, help="seconds runstream may take after the flush until every point is queryable")
     p.add_argument("--calls", type=int, default=200_000, help="log() calls in the call-cost loop (10-value calls: a tenth)")
     p.add_argument("--json", default="", help="also write the results here")

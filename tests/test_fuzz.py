@@ -206,3 +206,62 @@ def test_gateway_never_answers_5xx(stack: Stack, body: bytes) -> None:
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert response.json()["detail"]
+
+
+# Mostly ordinary values, so that many events are valid; now and then one that is not.
+special_floats = st.one_of(*[st.floats(0, 1e6)] * 6, st.sampled_from([math.nan, math.inf, -math.inf, -1.0, 0.0, 2.0**32, 1.7e308]))
+indexes = st.one_of(*[st.integers(0, 2)] * 12, st.sampled_from([-1, 3]))
+extra = st.one_of(*[st.just(0)] * 8, st.just(1))
+
+
+@st.composite
+def small_packed_events(draw: Any) -> dict[str, Any]:
+    """What the client sends for a live run (a packed column and packed frames), with edge
+    values mixed in: the small-event fast path and the numpy path must agree on each."""
+    from runstream.wire import pack
+
+    names = ["a", "b", "c"]
+    event: dict[str, Any] = {"v": 1, "id": "p:1", "kind": "metrics", "run": "r", "project": "p", "ts": 5.0, "names": names}
+    if draw(st.booleans()):
+        n = draw(st.sampled_from([1, 1, 2, 4, 0]))
+        event["m"] = pack(draw(st.lists(indexes, min_size=n, max_size=n)), "m")
+        event["s"] = pack(draw(st.lists(st.integers(-5, 5), min_size=n, max_size=n + draw(extra))), "s")
+        event["x"] = pack(draw(st.lists(special_floats, min_size=n, max_size=n)), "x")
+        if draw(st.booleans()):
+            event["t"] = pack(draw(st.lists(special_floats, min_size=n, max_size=n)), "t")
+        if draw(st.integers(0, 9)) == 0:
+            event["nf"] = [[0, "nan"]]
+    if draw(st.booleans()) or "m" not in event:
+        frames = []
+        for _ in range(draw(st.sampled_from([1, 1, 2, 0]))):
+            idxs = draw(
+                st.lists(indexes, min_size=draw(st.sampled_from([1, 1, 1, 0])), max_size=3, unique=draw(st.sampled_from([True] * 5 + [False])))
+            )
+            k = draw(st.sampled_from([1, 1, 2, 3, 0]))
+            frame: dict[str, Any] = {"m": idxs, "s": pack(list(range(k)), "s")}
+            frame["x"] = pack(draw(st.lists(special_floats, min_size=k * len(idxs), max_size=k * len(idxs) + draw(extra))), "x")
+            if draw(st.booleans()):
+                frame["t"] = pack(draw(st.lists(special_floats, min_size=k, max_size=k)), "t")
+            frames.append(frame)
+        event["rows"] = frames
+    return event
+
+
+@settings(max_examples=600, deadline=None, database=None)
+@given(small_packed_events())
+def test_the_small_event_fast_path_agrees_with_the_numpy_path(event: dict[str, Any]) -> None:
+    from runstream import wire
+
+    def outcome(fast: bool) -> Any:
+        saved = wire._FAST
+        wire._FAST = fast
+        try:
+            got = validate(copy.deepcopy(event))
+        except WireError:
+            return "error"  # the fast path never raises its own errors: any error comes from the numpy path
+        finally:
+            wire._FAST = saved
+        return [got[k].tolist() for k in ("_m", "_s", "_v", "_t")] + [got["_sv"]]
+
+    fast, slow = outcome(True), outcome(False)
+    assert repr(fast) == repr(slow)  # repr: NaN == NaN
