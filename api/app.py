@@ -75,6 +75,8 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     app.state.gateway = gw
     app.state.artifacts = LocalArtifactStore(settings.artifacts_dir)
     app.state.hub = live.LiveHub(settings, store)
+    if processor is not None:
+        app.state.hub.attach(processor)
     app.state.max_upload_bytes = 512 * 1024 * 1024
     app.state.started_at = time.time()
 

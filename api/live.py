@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from typing import Any
 
 import orjson
@@ -21,12 +21,14 @@ from aiokafka import AIOKafkaConsumer
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from api import queries
+from processor.consumer import ORIGIN_HEADER
 from processor.store import Store
 from runstream.config import Settings
 
 log = logging.getLogger("runstream.live")
 
 MAX_PENDING_RUNS = 512  # per subscriber; beyond it the oldest pending run update is dropped
+MAX_QUEUED_FRAMES = 4  # shared frames a subscriber may have queued before its updates coalesce per run
 MAX_POINTS_PER_METRIC = 2000
 MAX_LOG_LINES = 500
 SNAPSHOT_RUNS = 1000
@@ -134,8 +136,21 @@ class Subscriber:
         # Encoded text of pending updates that were not merged: shared by every subscriber.
         self.encoded: dict[str, str] = {}
         self.control: list[dict[str, Any]] = []
+        # Whole frames shared by every watcher of an experiment (see LiveHub.dispatch_batch):
+        # (experiment, text, updates in it); queued only while nothing is pending.
+        self.frames: deque[tuple[str, str, int]] = deque()
         self.wake = asyncio.Event()
         self.sent = 0
+
+    def offer_frame(self, experiment: str, frame: str, updates: list[dict[str, Any]], texts: list[str]) -> None:
+        """A batch's compact updates for one experiment: the shared frame as it is while this
+        subscriber keeps up, else each update into its per-run pending state (coalescing)."""
+        if not self.pending and len(self.frames) < MAX_QUEUED_FRAMES:
+            self.frames.append((experiment, frame, len(updates)))
+            self.wake.set()
+            return
+        for update, text in zip(updates, texts):
+            self.offer(update, text)
 
     def offer(self, update: dict[str, Any], encoded: str | None = None) -> None:
         run = update["run"]
@@ -170,9 +185,12 @@ class Subscriber:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.control or self.pending:
+            while self.control or self.frames or self.pending:
                 if self.control:
                     text = orjson.dumps(self.control.pop(0)).decode()
+                elif self.frames:  # older than anything pending: frames are queued only while nothing is
+                    _, text, count = self.frames.popleft()
+                    self.hub.stats["updates_sent"] += count
                 else:
                     # Everything pending goes in one frame: one send per batch, not per run.
                     texts = []
@@ -197,6 +215,12 @@ class LiveHub:
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
+        self.local_origins: set[bytes] = set()  # processors in this process deliver directly (see attach)
+
+    def attach(self, processor: Any) -> None:
+        """Take a processor's live updates in-process; its copies on the live topic are skipped."""
+        self.local_origins.add(processor.origin)
+        processor.live_sinks.append(self.dispatch_batch)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="runstream-live-hub")
@@ -237,13 +261,14 @@ class LiveHub:
                     batches = await self._consumer.getmany(timeout_ms=200, max_records=5000)
                     for messages in batches.values():
                         for msg in messages:
+                            if self.local_origins and any(k == ORIGIN_HEADER and v in self.local_origins for k, v in msg.headers or ()):
+                                continue
                             try:
                                 message = orjson.loads(msg.value)
                             except orjson.JSONDecodeError:
                                 continue
                             if isinstance(message, dict) and message.get("type") == "batch":
-                                for update in message.get("updates", []):
-                                    self.dispatch(update)
+                                self.dispatch_batch(message.get("updates", []))
                             elif isinstance(message, dict):
                                 self.dispatch(message, msg.value.decode())
             except asyncio.CancelledError:
@@ -280,6 +305,47 @@ class LiveHub:
                     compact = compact_update(update)
                     compact_text = orjson.dumps(compact).decode()
                 sub.offer(compact, compact_text)
+
+    def dispatch_batch(self, updates: list[dict[str, Any]]) -> None:
+        """A processor batch: run subscribers get each run's update; experiment watchers get
+        the batch's compact updates of their experiment as one frame, encoded once and shared
+        (a runs list of 100 live runs: one offer per watcher per batch, not 100)."""
+        per_experiment: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+        for update in updates:
+            if not isinstance(update, dict):
+                continue
+            self._dispatch_to_runs(update)
+            if "run" in update and update.get("experiment", "") in self.by_experiment:
+                per_experiment.setdefault((update.get("experiment", ""), update.get("project")), []).append(update)
+        for (experiment, project), group in per_experiment.items():
+            compacts: list[dict[str, Any]] | None = None
+            texts: list[str] = []
+            frame = ""
+            for sub in self.by_experiment.get(experiment, ()):
+                if sub.project is not None and sub.project != project:
+                    continue
+                if compacts is None:
+                    compacts = [compact_update(u) for u in group]
+                    texts = [orjson.dumps(c).decode() for c in compacts]
+                    frame = texts[0] if len(texts) == 1 else '{"type":"updates","updates":[' + ",".join(texts) + "]}"
+                if any(("run", u["run"]) in sub.targets for u in group):
+                    # It watches some of these runs on their own: those get their full updates (above).
+                    for c, text in zip(compacts, texts):
+                        if ("run", c["run"]) not in sub.targets:
+                            sub.offer(c, text)
+                else:
+                    sub.offer_frame(experiment, frame, compacts, texts)
+
+    def _dispatch_to_runs(self, update: dict[str, Any], encoded: str | None = None) -> None:
+        self.stats["updates_in"] += 1
+        if "run" not in update:
+            return
+        project = update.get("project")
+        for sub in self.by_run.get(update["run"], ()):
+            if sub.project is None or sub.project == project:
+                if encoded is None:
+                    encoded = orjson.dumps(update).decode()
+                sub.offer(update, encoded)
 
     def _index(self, target: Target) -> dict[str, set[Subscriber]]:
         return self.by_run if target[0] == "run" else self.by_experiment
@@ -383,6 +449,8 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 for run in [r for r, u in sub.pending.items() if u.get("run") == target[1] or u.get("experiment") == target[1]]:
                     sub.pending.pop(run, None)
                     sub.encoded.pop(run, None)
+                if target[0] == "experiment":
+                    sub.frames = deque(f for f in sub.frames if f[0] != target[1])
                 sub.send_control({"type": "unsubscribed", "target": {target[0]: target[1]}})
             elif message.get("ping") is not None:
                 sub.send_control({"type": "pong", "server_time": time.time()})

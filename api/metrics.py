@@ -32,6 +32,7 @@ class PipelineCollector(Collector):
                 ("batches_retried", s.batches_retried, "ClickHouse calls retried with back-off"),
                 ("dead_letters", s.dead_letters, "events sent to the dead-letter topic"),
                 ("live_updates_published", s.live_messages, "per-run live updates published"),
+                ("live_bytes_published", s.live_bytes, "bytes of live updates published"),
             ):
                 yield CounterMetricFamily(f"runstream_processor_{name}", doc, value=value)
             yield GaugeMetricFamily("runstream_processor_consumer_lag", "records behind the partition high-water marks", value=s.consumer_lag)

@@ -187,7 +187,10 @@ def main() -> None:
     print(f"messages received: {messages:,} ({received / 1e6:,.0f} MB); hub: {hub}")
     print(f"p99 per second of logging (ms): {timeline}")
     spent = ", ".join(f"{k} {v:.2f} s" for k, v in pstats.seconds.items())
-    print(f"processor: {pstats.batches} batches, {pstats.events_written:,} events; time in {spent}")
+    print(
+        f"processor: {pstats.batches} batches, {pstats.events_written:,} events, {pstats.live_messages:,} live run updates in "
+        f"{pstats.live_bytes / 1e6:,.1f} MB; time in {spent}"
+    )
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import asyncio
 import base64
 import logging
 import time
+import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +36,7 @@ from runstream.wire import WireError, decode, validate
 log = logging.getLogger("runstream.processor")
 
 MAX_RUN_CACHE = 100_000
+ORIGIN_HEADER = "runstream-origin"  # on live messages: the processor instance that published them
 LOADED_POINTS = 20_000  # a batch this large means a heavy stream (a live one at 20,000 points/s makes ~1,000): batch less often
 PAUSE_S = 0.04  # a poll this long with nothing new: the stream paused, write now
 MAX_BATCH_BYTES = 2_500_000  # ~250,000 points of packed rows frames (8-12 bytes a point on the wire)
@@ -51,6 +54,7 @@ class ProcessorStats:
     batches_retried: int = 0
     dead_letters: int = 0
     live_messages: int = 0
+    live_bytes: int = 0
     consumer_lag: int = 0
     clickhouse_ok: bool = True
     last_error: str = ""
@@ -179,6 +183,11 @@ class Processor:
         self._revocations = 0
         self._lag_at = 0.0
         self.ready = asyncio.Event()
+        # Live updates also go straight to an api hub in this process (`runstream up`), which
+        # then skips this processor's messages on the live topic: no JSON and Kafka round trip
+        # on the way to its browsers. Other api instances read the topic as before.
+        self.origin = uuid.uuid4().hex.encode()
+        self.live_sinks: list[Callable[[list[dict[str, Any]]], None]] = []
 
     # --- lifecycle ---
     async def start(self) -> None:
@@ -699,7 +708,14 @@ class Processor:
             return
         try:
             # One message per batch: the per-message cost, not the bytes, is what adds latency.
-            await self._producer.send(self.settings.live_topic, orjson.dumps({"type": "batch", "updates": updates}))
+            for sink in self.live_sinks:
+                try:
+                    sink(updates)
+                except Exception as exc:  # a hub bug must not stop the pipeline
+                    log.warning("local live update not delivered: %r", exc)
+            payload = orjson.dumps({"type": "batch", "updates": updates})
+            await self._producer.send(self.settings.live_topic, payload, headers=[(ORIGIN_HEADER, self.origin)])
             self.stats.live_messages += len(updates)
+            self.stats.live_bytes += len(payload)
         except Exception as exc:  # live pushes are best effort; storage is the truth
             log.warning("live update not published: %s", exc)

@@ -196,3 +196,91 @@ def test_compact_updates_stay_small_and_coalesce_to_the_true_range() -> None:
     merge_update(pending, many)
     merge_update(pending, compact_update({"type": "update", "run": "r", "metrics": {"loss": {"s": [10], "v": [3.0], "n": 1}}}))
     assert pending["metrics"]["loss"] == {"s": [10], "v": [3.0], "n": 4, "min": 0.5, "max": 5.0}
+
+
+def test_experiment_watchers_share_one_frame_per_batch_and_coalesce_once_behind() -> None:
+    from api.live import MAX_QUEUED_FRAMES
+
+    class Sock:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        async def send_text(self, text: str) -> None:
+            self.sent.append(text)
+
+    hub = LiveHub.__new__(LiveHub)
+    hub.stats = {"updates_in": 0, "messages_sent": 0, "updates_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
+    hub.by_run, hub.by_experiment, hub.subscribers = {}, {}, set()
+    socks = [Sock() for _ in range(3)]
+    a, b, both = (Subscriber(sock, None, hub) for sock in socks)  # type: ignore[arg-type]
+    for sub in (a, b, both):
+        hub.subscribe(sub, ("experiment", "e"))
+    hub.subscribe(both, ("run", "r1"))
+
+    def batch(step: int) -> list[dict[str, Any]]:
+        return [
+            {"type": "update", "run": f"r{i}", "project": "p", "experiment": "e", "metrics": {"loss": {"s": [step], "v": [float(step)], "n": 1}}}
+            for i in range(3)
+        ]
+
+    hub.dispatch_batch(batch(0))
+    assert len(a.frames) == len(b.frames) == 1 and a.frames[0][1] is b.frames[0][1]  # encoded once, shared
+    shared = json.loads(a.frames[0][1])
+    assert [u["run"] for u in shared["updates"]] == ["r0", "r1", "r2"] and all(u["compact"] for u in shared["updates"])
+    # A watcher of r1 itself gets r1's full update and the others' compact ones, per run.
+    assert not both.frames and set(both.pending) == {"r0", "r1", "r2"} and "compact" not in both.pending["r1"]
+
+    # Nobody reads a's socket: after MAX_QUEUED_FRAMES frames its updates coalesce per run.
+    for step in range(1, MAX_QUEUED_FRAMES + 5):
+        hub.dispatch_batch(batch(step))
+    assert len(a.frames) == MAX_QUEUED_FRAMES and set(a.pending) == {"r0", "r1", "r2"}
+    assert a.pending["r0"]["metrics"]["loss"]["s"] == [MAX_QUEUED_FRAMES + 4] and a.pending["r0"]["metrics"]["loss"]["n"] == 5
+
+    async def drain() -> None:
+        pump = asyncio.create_task(a.pump())
+        for _ in range(100):
+            await asyncio.sleep(0)
+        pump.cancel()
+
+    asyncio.run(drain())
+    sent = [json.loads(t) for t in socks[0].sent]
+    steps = [u["metrics"]["loss"]["s"][-1] for f in sent for u in f["updates"] if u["run"] == "r0"]
+    assert steps == [*range(MAX_QUEUED_FRAMES), MAX_QUEUED_FRAMES + 4]  # in order, the lagging part as the latest state
+
+
+def test_an_api_without_the_processor_gets_updates_from_the_live_topic_and_the_local_hub_gets_each_once(stack: Stack, settings: Settings) -> None:
+    """`runstream up` hands its processor's updates to its own hub in-process; another api
+    instance reads them from the live topic, and the first hub skips its own copies there."""
+    import uvicorn
+
+    from api.app import create_app, listen_socket, server_config
+    from tests.conftest import free_port
+
+    _hub_ready(stack)
+    local = stack.server.config.app.state.hub  # type: ignore[union-attr]
+    proc = stack.processor
+    assert proc is not None and proc.origin in local.local_origins
+    other_app = create_app(stack.settings, stack.store)
+    port = free_port()
+    other = uvicorn.Server(server_config(other_app, "127.0.0.1", port, lifespan="on"))
+    stack.loop.call_soon_threadsafe(lambda: stack.loop.create_task(other.serve(sockets=[listen_socket("127.0.0.1", port)])))
+    try:
+        wait_until(lambda: other.started and other_app.state.hub.ready.is_set(), 30, what="second api and its hub")
+        assert not other_app.state.hub.local_origins
+        run = Experiment("live-elsewhere", settings=settings).start_logging(name="remote-1")
+        with connect(f"ws://127.0.0.1:{port}/ws", open_timeout=10) as ws:
+            ws.send(json.dumps({"subscribe": {"run": run.id}}))
+            _recv_until(ws, lambda m, _: m.get("type") == "snapshot")
+            before_local, before_published = local.stats["updates_in"], proc.stats.live_messages
+            for step in range(5):
+                run.log("loss", float(step), step=step)
+            run.flush()
+            got = _recv_until(ws, lambda m, seen: 4 in _points(seen, "loss"))
+        assert sorted(set(_points(got, "loss"))) == [0, 1, 2, 3, 4]
+        # By now the topic copies have reached both hubs; the local one counted each update once.
+        wait_until(lambda: other_app.state.hub.stats["updates_in"] >= proc.stats.live_messages - before_published, 10, what="topic copies read")
+        assert local.stats["updates_in"] - before_local == proc.stats.live_messages - before_published
+        run.complete()
+    finally:
+        other.should_exit = True
+        wait_until(lambda: not other.started or other.should_exit, 10)
