@@ -16,9 +16,9 @@ RUN_FIELDS = "project, run_id, experiment, name, parent_id, status, error, creat
 ORDERABLE = {"created_at", "last_seen", "ended_at", "name", "status", "experiment", "run_id"}
 SUMMARY_STATS = ("last", "min", "max", "mean", "count", "first")
 SUMMARY_SELECT = (
-    "sum(count_state) AS count, argMinMerge(first_state) AS first, argMaxMerge(last_state) AS last, "
+    "sum(count_state) AS count, tupleElement(min(first_state), 2) AS first, tupleElement(max(last_state), 2) AS last, "
     "min(min_state) AS min, max(max_state) AS max, "
-    "avgIfMerge(mean_state) AS mean, max(last_step) AS last_step"
+    "sum(sum_state) / sum(finite_state) AS mean, max(last_step) AS last_step"
 )
 
 

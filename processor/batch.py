@@ -236,8 +236,7 @@ def metric_groups(events: list[dict[str, Any]]) -> MetricGroups:
     return _sorted_rows([ev for ev in events if ev["kind"] == "metrics" and len(ev["_m"])]).groups
 
 
-def _metric_points(recs: list[Record]) -> tuple[pa.Table, MetricGroups]:
-    rows = _sorted_rows([r.event for r in recs])
+def _metric_points(recs: list[Record], rows: _SortedRows) -> pa.Table:
     g = rows.groups
     project_values, g_project, run_values, g_run, metric_values, g_metric = rows.codes
     cols = {
@@ -250,7 +249,70 @@ def _metric_points(recs: list[Record]) -> tuple[pa.Table, MetricGroups]:
         "ts": _ms(rows.seconds),
     }
     cols.update(_kafka_columns_of_rows(recs, rows.rec_of_row))
-    return pa.table(cols), g
+    return pa.table(cols)
+
+
+_TUPLE = pa.struct([("f0", pa.int64()), ("f1", pa.float64())])  # ClickHouse Tuple(Int64, Float64): (step, value)
+
+
+def _metric_summaries(recs: list[Record], rows: _SortedRows) -> pa.Table:
+    """One partial summary row per (project, run, metric, topic, partition) of these records
+    (the engine merges the rows of a key): count, (step, value) at the lowest and highest
+    step, finite min, max, sum and count, last step and time, and the highest offset."""
+    g = rows.groups
+    tps = _Interner()
+    tp_of_rec = np.array([tps(f"{r.partition}\0{r.topic}") for r in recs], dtype=np.int64)
+    tp_partition = np.array([int(v.split("\0", 1)[0]) for v in tps.values], dtype=np.uint16)
+    topics = _Interner()
+    tp_topic = np.array([topics(v.split("\0", 1)[1]) for v in tps.values], dtype=np.int32)
+    offset_of_rec = np.array([r.offset for r in recs], dtype=np.uint64)
+    tp = tp_of_rec[rows.rec_of_row]
+    step, value, seconds, rec = g.step, g.value, rows.seconds, rows.rec_of_row
+    group = np.repeat(np.arange(len(g.starts)), g.sizes)
+    if len(tps.values) > 1 and not bool((tp == np.repeat(tp[g.starts], g.sizes)).all()):
+        # A run's records are in one partition unless the partition count changed: split
+        # such groups by partition (a stable sort keeps each one's rows in step order).
+        order = np.argsort(group * len(tps.values) + tp, kind="stable")
+        group, tp, step, value, seconds, rec = group[order], tp[order], step[order], value[order], seconds[order], rec[order]
+    key = group * len(tps.values) + tp
+    change = np.empty(key.size, dtype=bool)
+    change[:1] = True
+    np.not_equal(key[1:], key[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    ends = np.append(starts[1:], key.size) - 1
+    if bool(((step[1:] > step[:-1]) | change[1:]).all()):
+        first, last = starts, ends
+    else:
+        # Steps went backwards or repeat within a segment: order it by (step, value), as the
+        # engine compares the (step, value) tuples when it merges rows.
+        by_step = np.lexsort((value, step, key))
+        first, last = by_step[starts], by_step[ends]
+    finite = np.isfinite(value)
+    finite_count = np.add.reduceat(finite.astype(np.uint64), starts)
+    lo = np.minimum.reduceat(np.where(finite, value, np.inf), starts)
+    hi = np.maximum.reduceat(np.where(finite, value, -np.inf), starts)
+    none = finite_count == 0
+    project_values, g_project, run_values, g_run, metric_values, g_metric = rows.codes
+    seg_group, seg_tp = group[starts], tp[starts]
+    return pa.table(
+        {
+            "project": _dict_array(project_values, g_project[seg_group]),
+            "run_id": _dict_array(run_values, g_run[seg_group]),
+            "metric": _dict_array(metric_values, g_metric[seg_group]),
+            "kafka_topic": _dict_array(topics.values, tp_topic[seg_tp]),
+            "kafka_partition": pa.array(tp_partition[seg_tp]),
+            "count_state": pa.array(np.diff(np.append(starts, key.size)).astype(np.uint64)),
+            "first_state": pa.StructArray.from_arrays([pa.array(step[first]), pa.array(value[first])], fields=list(_TUPLE)),
+            "last_state": pa.StructArray.from_arrays([pa.array(step[last]), pa.array(value[last])], fields=list(_TUPLE)),
+            "min_state": pa.array(lo, mask=none),
+            "max_state": pa.array(hi, mask=none),
+            "sum_state": pa.array(np.add.reduceat(np.where(finite, value, 0.0), starts)),
+            "finite_state": pa.array(finite_count),
+            "last_step": pa.array(np.maximum.reduceat(step, starts)),
+            "last_ts": _ms(np.maximum.reduceat(seconds, starts)),
+            "kafka_offset": pa.array(np.maximum.reduceat(offset_of_rec[rec], starts)),
+        }
+    )
 
 
 def _table_cells(recs: list[Record]) -> pa.Table:
@@ -379,6 +441,7 @@ def build(records: list[Record], watermarks: Watermarks) -> Batch:
     """Columnar inserts for the records not yet stored, table by table."""
     batch = Batch()
     per_table: dict[str, list[Record]] = defaultdict(list)
+    same_points = True
     for rec in records:
         if _below(watermarks, "ingested_events", rec):
             batch.skipped += 1
@@ -389,10 +452,23 @@ def build(records: list[Record], watermarks: Watermarks) -> Batch:
             per_table[table].append(rec)
             if table == "metric_points":
                 batch.points += len(rec.event["_m"])
-        per_table["ingested_events"].append(rec)
-    for table, recs in per_table.items():
         if table == "metric_points":
-            batch.tables[table], batch.metric_groups = _metric_points(recs)
+            summarised = not _below(watermarks, "metric_summaries", rec)
+            if summarised:
+                per_table["metric_summaries"].append(rec)
+            if summarised == _below(watermarks, "metric_points", rec):
+                same_points = False  # after a partial write: the two tables take different records
+        per_table["ingested_events"].append(rec)
+    sorted_points = None
+    for table, recs in sorted(per_table.items(), key=lambda item: item[0] == "metric_summaries"):
+        if table == "metric_points":
+            sorted_points = _sorted_rows([r.event for r in recs])
+            batch.tables[table] = _metric_points(recs, sorted_points)
+            batch.metric_groups = sorted_points.groups
+        elif table == "metric_summaries":
+            # The same records as metric_points but after a partial write (then sorted anew).
+            rows = sorted_points if same_points and sorted_points is not None else _sorted_rows([r.event for r in recs])
+            batch.tables[table] = _metric_summaries(recs, rows)
         else:
             batch.tables[table] = _BUILDERS[table](recs)
         high = batch.high[table]

@@ -24,6 +24,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from api.sql_guard import Limits, QueryRefused, SqlEngine
 from api.sql_views import scope_database
+from processor.schema import SUMMARIES_FROM_POINTS
 from processor.store import Store
 from runstream.config import Settings
 
@@ -39,7 +40,7 @@ class Fixture:
 
 
 def insert_runs(store: Store, fx: Fixture, names: dict[str, str] | None = None) -> None:
-    """Write fx's runs (state rows) and metric points; the summaries MV fills itself."""
+    """Write fx's runs (state rows), metric points and their summary rows (as the processor would)."""
     rows = []
     for run_id in fx.runs:
         rows.append(
@@ -77,6 +78,7 @@ def insert_runs(store: Store, fx: Fixture, names: dict[str, str] | None = None) 
         }
     )
     store.insert_arrow("metric_points", table)
+    store.command("INSERT INTO metric_summaries " + SUMMARIES_FROM_POINTS.format(where="WHERE project = {p:String}"), {"p": fx.project})
 
 
 def new_fixture(n_runs: int, metrics: dict[str, int], seed: int, tag_values: list[str] | None = None) -> Fixture:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import random
+import uuid
 from typing import Any
 
 import numpy as np
@@ -13,6 +14,8 @@ import pytest
 
 from processor import batch as batching
 from processor.batch import Record, build
+from processor.store import Store
+from runstream.wire import validate
 
 Row = tuple[str, str, str, int, str, str, int, str, int, int]
 
@@ -187,3 +190,62 @@ def test_many_rows_going_backwards_stay_in_arrival_order_inside_their_group() ->
         recs.append(Record("metrics", 2, k, _event("p", f"run{k % 3}", ["loss", "acc"], [i % 2 for i in range(100)], s, [], f"w:{k}", 1e9)))
     assert sum(len(r.event["_m"]) for r in recs[6:]) > batching.MAX_RESORTED_FRACTION * sum(len(r.event["_m"]) for r in recs)
     _check(recs, by_step=False)
+
+
+def test_summary_rows_merge_to_what_the_engine_computes_from_the_points(store: Store) -> None:
+    """The processor's partial summary rows (processor/batch.py), merged by the engine, equal
+    the summaries computed in SQL from the stored points: across batches, partitions, steps
+    out of order and repeated, strings and non-finite values."""
+    from api.queries import SUMMARY_SELECT
+
+    rng = np.random.default_rng(11)
+    topic = f"summaries-{uuid.uuid4().hex[:8]}"
+    offset = 0
+    batches = []
+    for b in range(3):
+        recs = []
+        for r in range(4):
+            partition = r % 2 if not (r == 3 and b == 2) else 5  # run 3 moves partition in the last batch
+            n = int(rng.integers(1, 60))
+            names = ["loss", "acc", "note"]
+            m = rng.integers(0, 3, n).tolist()
+            steps = (b * 100 + np.arange(n)).tolist()
+            if r == 1:
+                steps = rng.permutation(steps).tolist()  # out of order
+            if r == 2 and n > 1:
+                steps[1] = steps[0]  # a repeated step
+            x: list[Any] = rng.normal(size=n).round(3).tolist()
+            sv, nf = [], []
+            for i in range(n):
+                if m[i] == 2:
+                    x[i] = None
+                    sv.append([i, f"text-{i}"])
+                elif rng.random() < 0.05:
+                    x[i] = None
+                    nf.append([i, "inf" if rng.random() < 0.5 else "nan"])
+            ev = validate({"v": 1, "id": f"{topic}-{b}-{r}", "kind": "metrics", "run": f"run-{r}", "project": "p-" + topic, "ts": 1.7e9 + b,
+                           "names": names, "m": m, "s": steps, "x": x, "sv": sv, "nf": nf})  # fmt: skip
+            recs.append(Record(topic, partition, offset, ev))
+            offset += 1
+        batches.append(recs)
+    for recs in batches:
+        built = build(recs, {})
+        store.insert_arrow("metric_points", built.tables["metric_points"])
+        store.insert_arrow("metric_summaries", built.tables["metric_summaries"])
+    where = "WHERE kafka_topic = {t:String} GROUP BY run_id, metric ORDER BY run_id, metric"
+    ours = store.query_rows(f"SELECT run_id, metric, {SUMMARY_SELECT}, max(last_ts) FROM metric_summaries {where}", {"t": topic})
+    reference = store.query_rows(
+        "SELECT run_id, metric, count(), tupleElement(min((step, value)), 2), tupleElement(max((step, value)), 2),"
+        " minIfOrNull(value, isFinite(value)), maxIfOrNull(value, isFinite(value)), sumIf(value, isFinite(value)) / countIf(isFinite(value)),"
+        f" max(step), max(ts) FROM metric_points {where}",
+        {"t": topic},
+    )
+    assert len(ours) == len(reference) == 12
+    for got, want in zip(ours, reference):
+        mean, want_mean = got[7], want[7]  # sums in another order: equal to rounding
+        assert repr(got[:7] + got[8:]) == repr(want[:7] + want[8:])
+        assert (math.isnan(mean) and math.isnan(want_mean)) or math.isclose(mean, want_mean, rel_tol=1e-12, abs_tol=1e-15)
+    marks = "SELECT kafka_partition, max(kafka_offset) FROM {table} WHERE kafka_topic = {{t:String}} GROUP BY kafka_partition ORDER BY 1"
+    assert store.query_rows(marks.format(table="metric_summaries"), {"t": topic}) == store.query_rows(
+        marks.format(table="metric_points"), {"t": topic}
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -195,3 +196,47 @@ def test_a_backlog_is_written_in_batches_of_bounded_size_each_point_once(home, k
     assert rows == [(16_000, 16_000)]
     for run in runs:
         run.complete()
+
+
+def test_ledgers_queued_behind_a_slow_one_are_written_together_each_event_once(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    settings = new_settings(home, kafka_bootstrap)
+    proc = Processor(settings, store, group_id=f"g-ledger-{uuid.uuid4().hex[:6]}", publish_live=False)
+    write_group = proc._write_ledger_group
+    sizes: list[int] = []
+
+    def slow_group(group: list[Any], done_tables: set[str]) -> None:
+        sizes.append(len(group))
+        if len(sizes) <= 3:
+            time.sleep(0.3)  # a busy ledger lane: the batches behind it queue up
+        write_group(group, done_tables)
+
+    proc._write_ledger_group = slow_group  # type: ignore[method-assign]
+    stack.run(proc.start())
+    try:
+        exp = Experiment("ledger-groups", settings=settings)
+        runs = [exp.start_logging(name=f"ledger-{i}") for i in range(3)]
+        for step in range(300):
+            for run in runs:
+                run.log("loss", float(step), step=step)
+            if step % 10 == 9:
+                for run in runs:
+                    assert run.flush(30)  # many small batches
+        for run in runs:
+            run.complete()
+        ids = [r.id for r in runs]
+        wait_until(lambda: _points(store, ids) == 900, 60, what="points written")
+        wait_until(lambda: proc.stats.consumer_lag == 0 and not proc._ledger_queue, 30, what="ledger drained")
+    finally:
+        stack.run(proc.stop())
+    assert max(sizes) > 1, sizes  # some ledgers were written together
+    assert store.query_rows("SELECT uniqExact(run_id, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids}) == [
+        (900, 900)
+    ]
+    events = store.query_rows("SELECT count(), uniqExact(event_id) FROM ingested_events WHERE run_id IN {ids:Array(String)}", {"ids": ids})
+    assert events[0][0] == events[0][1] > 30
+    summaries = store.query_rows(
+        "SELECT run_id, sum(count_state), tupleElement(max(last_state), 2) FROM metric_summaries WHERE run_id IN {ids:Array(String)} GROUP BY run_id",
+        {"ids": ids},
+    )
+    assert sorted(r[1:] for r in summaries) == [(300, 299.0)] * 3
+    assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", {"ids": ids}) == [(3,)]

@@ -1,5 +1,5 @@
 """Migrations 3 (metric_points re-ordered by (project, metric, run_id, step), no projection),
-4 (LZ4 codecs) and 5 (LowCardinality run ids) on a database written by the earlier schema: every point kept, the
+4 (LZ4 codecs), 5 (LowCardinality run ids) and 6 (summaries without a view) on a database written by the earlier schema: every point kept, the
 summaries view attached. Runs in a subprocess: one process hosts one embedded engine path."""
 
 from __future__ import annotations
@@ -37,21 +37,22 @@ types = dict(client.query("SELECT name, type FROM system.columns "
 codecs = dict(client.query("SELECT name, compression_codec FROM system.columns "
                            "WHERE database = currentDatabase() AND table = 'metric_points'").result_rows)
 leftover = client.query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'metric_points_v3'").result_rows[0][0]
-client.command("INSERT INTO metric_points (project, run_id, metric, step, value, kafka_topic, kafka_partition, kafka_offset) "
-               "VALUES ('p', 'new', 'm0', 1, 2.5, 't', 0, 9999)")
-summary = client.query("SELECT sum(count_state), max(max_state) FROM metric_summaries WHERE run_id = 'new'").result_rows[0]
+# Migration 6 filled the summaries from the points (no view feeds them any more).
+summary = client.query("SELECT sum(count_state), max(max_state), tupleElement(min(first_state), 2), sum(sum_state) / sum(finite_state), "
+                       "max(kafka_offset) FROM metric_summaries").result_rows[0]
+views = client.query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView'").result_rows[0][0]
 print(json.dumps({"before": list(before), "after": list(after), "applied": applied, "again": again, "key": key,
-                  "projections": projections, "leftover": leftover, "codecs": codecs, "types": types, "summary": list(summary)}))
+                  "projections": projections, "leftover": leftover, "codecs": codecs, "types": types, "views": views, "summary": list(summary)}))
 """
 
 
-def test_migrations_3_to_5_reorder_metric_points_switch_codecs_and_types_and_keep_every_point(tmp_path: Path) -> None:
+def test_migrations_3_to_6_reorder_metric_points_switch_codecs_and_types_refill_summaries_and_keep_every_point(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "engine")], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["before"] == result["after"] == [5000, sum(i * 0.5 for i in range(5000)), 5000]
-    assert result["applied"] == [3, 4, 5] and result["again"] == []
+    assert result["applied"] == [3, 4, 5, 6] and result["again"] == []
     assert result["types"]["run_id"] == "LowCardinality(String)"
     assert {c: result["codecs"][c] for c in ("step", "value", "ts", "kafka_offset")} == {
         "step": "CODEC(Delta(8), LZ4)",
@@ -61,4 +62,4 @@ def test_migrations_3_to_5_reorder_metric_points_switch_codecs_and_types_and_kee
     }
     assert result["key"] == "project, metric, run_id, step"
     assert result["projections"] == 0 and result["leftover"] == 0
-    assert result["summary"] == [1, 2.5]  # the summaries view feeds on the new table
+    assert result["summary"] == [5000, 2499.5, 0.0, sum(i * 0.5 for i in range(5000)) / 5000, 4999] and result["views"] == 0
