@@ -322,6 +322,14 @@ def _finite(x: list[float]) -> bool:
     return total - total == 0.0  # an inf or NaN anywhere makes the sum inf or NaN (an overflow only sends us to the slow path)
 
 
+def _small_times(event: dict[str, Any], source: dict[str, Any], n: int) -> list[float] | None:
+    """`source`'s packed times (the envelope's ts when absent), or None when not n valid ones."""
+    if source.get("t") is None:
+        return [float(event["ts"])] * n
+    t = _packed_list(source["t"], "t")
+    return t if t is not None and len(t) == n and _times_ok(t) else None
+
+
 def _small_metrics(event: dict[str, Any], n_names: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
     """The points of a small event whose arrays are all packed (what the client sends), checked
     in plain Python: a live run's events hold a few points each, and numpy's per-call cost
@@ -339,13 +347,9 @@ def _small_metrics(event: dict[str, Any], n_names: int) -> tuple[np.ndarray, np.
             return None
         if min(m) < 0 or max(m) >= n_names or not _finite(x):
             return None
-        if event.get("t") is None:
-            t = [float(event["ts"])] * len(m)
-        else:
-            t_ = _packed_list(event["t"], "t")
-            if t_ is None or len(t_) != len(m) or not _times_ok(t_):
-                return None
-            t = t_
+        t = _small_times(event, event, len(m))
+        if t is None:
+            return None
         ms, ss, vs, ts = m, st, x, t
     rows = event.get("rows")
     if rows is not None:
@@ -363,13 +367,9 @@ def _small_metrics(event: dict[str, Any], n_names: int) -> tuple[np.ndarray, np.
             fs, fx = _packed_list(frame.get("s"), "s"), _packed_list(frame.get("x"), "x")
             if fs is None or fx is None or not fs or len(fx) != len(fs) * width or len(ms) + len(fx) > SMALL_EVENT_POINTS or not _finite(fx):
                 return None
-            if frame.get("t") is None:
-                ft = [float(event["ts"])] * len(fs)
-            else:
-                ft_ = _packed_list(frame["t"], "t")
-                if ft_ is None or len(ft_) != len(fs) or not _times_ok(ft_):
-                    return None
-                ft = ft_
+            ft = _small_times(event, frame, len(fs))
+            if ft is None:
+                return None
             ms += idxs * len(fs)
             for step, when in zip(fs, ft):
                 ss += [step] * width
