@@ -269,8 +269,8 @@ class LiveHub:
                                 continue
                             if isinstance(message, dict) and message.get("type") == "batch":
                                 self.dispatch_batch(message.get("updates", []))
-                            elif isinstance(message, dict):
-                                self.dispatch(message, msg.value.decode())
+                            elif isinstance(message, dict):  # a single update
+                                self.dispatch_batch([message])
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -282,29 +282,6 @@ class LiveHub:
                         pass
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-
-    def dispatch(self, update: dict[str, Any], encoded: str | None = None) -> None:
-        self.stats["updates_in"] += 1
-        if "run" not in update:
-            return
-        by_run = self.by_run.get(update["run"], set())
-        project = update.get("project")
-        for sub in by_run:
-            if sub.project is None or sub.project == project:
-                if encoded is None:
-                    encoded = orjson.dumps(update).decode()
-                sub.offer(update, encoded)
-        # Experiment watchers (a runs list) get the latest state, not every point: the
-        # last point and the batch's min/max per metric. Far less to send to many browsers.
-        watchers = self.by_experiment.get(update.get("experiment", ""), set()) - by_run
-        compact: dict[str, Any] | None = None
-        compact_text: str | None = None
-        for sub in watchers:
-            if sub.project is None or sub.project == project:
-                if compact is None:
-                    compact = compact_update(update)
-                    compact_text = orjson.dumps(compact).decode()
-                sub.offer(compact, compact_text)
 
     def dispatch_batch(self, updates: list[dict[str, Any]]) -> None:
         """A processor batch: run subscribers get each run's update; experiment watchers get
@@ -336,11 +313,12 @@ class LiveHub:
                 else:
                     sub.offer_frame(experiment, frame, compacts, texts)
 
-    def _dispatch_to_runs(self, update: dict[str, Any], encoded: str | None = None) -> None:
+    def _dispatch_to_runs(self, update: dict[str, Any]) -> None:
         self.stats["updates_in"] += 1
         if "run" not in update:
             return
         project = update.get("project")
+        encoded: str | None = None
         for sub in self.by_run.get(update["run"], ()):
             if sub.project is None or sub.project == project:
                 if encoded is None:

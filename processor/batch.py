@@ -260,21 +260,22 @@ def _metric_summaries(recs: list[Record], rows: _SortedRows) -> pa.Table:
     (the engine merges the rows of a key): count, (step, value) at the lowest and highest
     step, finite min, max, sum and count, last step and time, and the highest offset."""
     g = rows.groups
-    tps = _Interner()
-    tp_of_rec = np.array([tps(f"{r.partition}\0{r.topic}") for r in recs], dtype=np.int64)
-    tp_partition = np.array([int(v.split("\0", 1)[0]) for v in tps.values], dtype=np.uint16)
+    tp_codes: dict[tuple[str, int], int] = {}
+    tp_of_rec = np.array([tp_codes.setdefault((r.topic, r.partition), len(tp_codes)) for r in recs], dtype=np.int64)
+    n_tp = len(tp_codes)
     topics = _Interner()
-    tp_topic = np.array([topics(v.split("\0", 1)[1]) for v in tps.values], dtype=np.int32)
+    tp_topic = np.array([topics(topic) for topic, _ in tp_codes], dtype=np.int32)
+    tp_partition = np.array([partition for _, partition in tp_codes], dtype=np.uint16)
     offset_of_rec = np.array([r.offset for r in recs], dtype=np.uint64)
     tp = tp_of_rec[rows.rec_of_row]
     step, value, seconds, rec = g.step, g.value, rows.seconds, rows.rec_of_row
     group = np.repeat(np.arange(len(g.starts)), g.sizes)
-    if len(tps.values) > 1 and not bool((tp == np.repeat(tp[g.starts], g.sizes)).all()):
+    if n_tp > 1 and not bool((tp == np.repeat(tp[g.starts], g.sizes)).all()):
         # A run's records are in one partition unless the partition count changed: split
         # such groups by partition (a stable sort keeps each one's rows in step order).
-        order = np.argsort(group * len(tps.values) + tp, kind="stable")
+        order = np.argsort(group * n_tp + tp, kind="stable")
         group, tp, step, value, seconds, rec = group[order], tp[order], step[order], value[order], seconds[order], rec[order]
-    key = group * len(tps.values) + tp
+    key = group * n_tp + tp
     change = np.empty(key.size, dtype=bool)
     change[:1] = True
     np.not_equal(key[1:], key[:-1], out=change[1:])

@@ -252,12 +252,9 @@ class Processor:
     async def _step(self) -> None:
         assert self._consumer is not None
         epoch = self._revocations
-        if self._carry and self._carry_epoch != epoch:
-            # Polled before a rebalance: read again from the new assignment's positions.
-            self._carry = {}
+        if self._carry and self._carry_epoch != epoch:  # polled before a rebalance
             async with self._work_lock:
-                await self.wait_inflight()
-                await self._reposition(self._consumer.assignment(), rewind=True)
+                await self._reread()
             return
         if self._carry:
             # Records polled with the last batch that did not fit in it start this one.
@@ -284,9 +281,7 @@ class Processor:
             await asyncio.wait({ahead})
         async with self._work_lock:
             if self._revocations != epoch:  # a revocation won the lock: see _accumulate
-                self._carry = {}
-                await self.wait_inflight()
-                await self._reposition(self._consumer.assignment(), rewind=True)
+                await self._reread()
                 return
             prepared = await self._prepare(data)
             self._batch_started = time.monotonic()
@@ -310,11 +305,18 @@ class Processor:
                 # The failed batch may have moved the caches past what is stored: reload them.
                 self.runs.clear()
                 self.seen_ids.clear()
-                self._carry = {}
-                if self._consumer is not None:
-                    await self._reposition(self._consumer.assignment(), rewind=True)
+                await self._reread()
         except Exception as again:
             log.error("repositioning after a loop error failed (retried on the next error or rebalance): %r", again)
+
+    async def _reread(self) -> None:
+        """Drop what was polled but not prepared and, once the batch in flight is stored,
+        read every assigned partition again from the first record not stored (call with
+        the work lock held)."""
+        self._carry = {}
+        await self.wait_inflight()
+        if self._consumer is not None:
+            await self._reposition(self._consumer.assignment(), rewind=True)
 
     async def wait_inflight(self) -> None:
         task = self._inflight
@@ -378,10 +380,8 @@ class Processor:
             # positions is unknowable. Drop it all and read again from the positions of
             # the current assignment, once the batch in flight is stored (its watermarks
             # then skip whatever the new positions replay).
-            self._carry = {}
             async with self._work_lock:
-                await self.wait_inflight()
-                await self._reposition(self._consumer.assignment(), rewind=True)
+                await self._reread()
             return {}
         if size > self.max_batch_bytes:
             data, self._carry = _split(data, self.max_batch_bytes)

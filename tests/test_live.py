@@ -238,9 +238,12 @@ def test_experiment_watchers_share_one_frame_per_batch_and_coalesce_once_behind(
 
     async def drain() -> None:
         pump = asyncio.create_task(a.pump())
-        for _ in range(100):
+        for _ in range(1000):  # until the pump has sent everything queued (a bounded number of loop turns)
+            if not a.frames and not a.pending:
+                break
             await asyncio.sleep(0)
         pump.cancel()
+        assert not a.frames and not a.pending
 
     asyncio.run(drain())
     sent = [json.loads(t) for t in socks[0].sent]
