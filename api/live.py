@@ -141,6 +141,9 @@ class Subscriber:
         self.frames: deque[tuple[str, str, int]] = deque()
         self.wake = asyncio.Event()
         self.sent = 0
+        # Subscriptions whose snapshot is being read: updates wait (queued, coalescing) so that
+        # none reaches the client before the snapshot it would otherwise be overwritten by.
+        self.catching_up = 0
 
     def offer_frame(self, experiment: str, frame: str, updates: list[dict[str, Any]], texts: list[str]) -> None:
         """A batch's compact updates for one experiment: the shared frame as it is while this
@@ -185,9 +188,11 @@ class Subscriber:
         while True:
             await self.wake.wait()
             self.wake.clear()
-            while self.control or self.frames or self.pending:
+            while True:
                 if self.control:
                     text = orjson.dumps(self.control.pop(0)).decode()
+                elif self.catching_up or not (self.frames or self.pending):
+                    break
                 elif self.frames:  # older than anything pending: frames are queued only while nothing is
                     _, text, count = self.frames.popleft()
                     self.hub.stats["updates_sent"] += count
@@ -413,11 +418,17 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 if target is None:
                     sub.send_control({"type": "error", "message": 'subscribe takes {"run": "<id>"} or {"experiment": "<name>"}'})
                     continue
-                # Register first, so nothing published while the snapshot is read is lost.
-                hub.subscribe(sub, target)
-                runs = await hub.store.call(hub.snapshot, target, project)
-                sub.send_control({"type": "subscribed", "target": {target[0]: target[1]}})
-                sub.send_control({"type": "snapshot", "target": {target[0]: target[1]}, "runs": runs, "server_time": time.time()})
+                # Register first, so nothing published while the snapshot is read is lost; what
+                # arrives meanwhile is held until the snapshot is queued, then follows it.
+                sub.catching_up += 1
+                try:
+                    hub.subscribe(sub, target)
+                    runs = await hub.store.call(hub.snapshot, target, project)
+                    sub.send_control({"type": "subscribed", "target": {target[0]: target[1]}})
+                    sub.send_control({"type": "snapshot", "target": {target[0]: target[1]}, "runs": runs, "server_time": time.time()})
+                finally:
+                    sub.catching_up -= 1
+                    sub.wake.set()
             elif "unsubscribe" in message:
                 target = _parse_target(message["unsubscribe"])
                 if target is None:

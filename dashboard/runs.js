@@ -42,6 +42,9 @@ export function mount(ctx) {
   const knownMetrics = new Set();
   const known = new Set(); // run ids the page has seen (rows, snapshots); a new id means a new run
   const subs = new Map(); // experiment -> unsubscribe
+  // Runs seen ending live: a listing read just before the end arrived must not revive them.
+  const ended = new Map(); // id -> {status, ended_at}
+  const TERMINAL = ["Completed", "Failed", "Canceled"];
   let abort = null;
 
   // --- skeleton ---
@@ -274,7 +277,11 @@ export function mount(ctx) {
       reload();
       return;
     }
-    for (const r of res.runs) known.add(r.id);
+    for (const r of res.runs) {
+      known.add(r.id);
+      const end = ended.get(r.id);
+      if (end && !TERMINAL.includes(r.status)) Object.assign(r, end);
+    }
     renderRows(res.runs);
     renderHead();
     renderPager();
@@ -297,7 +304,10 @@ export function mount(ctx) {
     if (msg.status) {
       expSoon();
       run.status = msg.status;
-      if (["Completed", "Failed", "Canceled"].includes(msg.status)) run.ended_at = msg.server_time;
+      if (TERMINAL.includes(msg.status)) {
+        run.ended_at = msg.server_time;
+        ended.set(run.id, { status: run.status, ended_at: run.ended_at });
+      }
     }
     if (msg.server_time) run.last_seen = msg.server_time;
     if (msg.metrics) {
@@ -327,9 +337,11 @@ export function mount(ctx) {
       learnMetrics(Object.keys(s.metrics || {}));
       const r = rows.get(s.id);
       if (!r) continue;
+      if (TERMINAL.includes(r.run.status) && !TERMINAL.includes(s.status)) continue; // older than what the row shows
       r.run.status = s.status;
       r.run.last_seen = s.last_seen;
       if (s.ended_at) r.run.ended_at = s.ended_at;
+      if (TERMINAL.includes(s.status)) ended.set(s.id, { status: s.status, ended_at: s.ended_at });
       for (const m of state.metrics) if (s.metrics?.[m]) r.run.metrics = { ...r.run.metrics, [m]: { ...r.run.metrics?.[m], ...s.metrics[m] } };
       r.dirty = true;
     }

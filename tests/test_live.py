@@ -287,3 +287,71 @@ def test_an_api_without_the_processor_gets_updates_from_the_live_topic_and_the_l
     finally:
         other.should_exit = True
         wait_until(lambda: not other.started or other.should_exit, 10)
+
+
+def test_updates_that_arrive_while_the_snapshot_is_read_follow_it() -> None:
+    """The snapshot is read after the subscription is registered; an update dispatched in
+    between must reach the client after the snapshot, or the (older) snapshot overwrites it
+    (a runs list showing Running for a run that completed while it subscribed)."""
+    from types import SimpleNamespace
+
+    from starlette.websockets import WebSocketDisconnect
+
+    from api.live import websocket_endpoint
+
+    class Store:
+        def __init__(self) -> None:
+            self.reading = asyncio.Event()
+            self.release = asyncio.Event()
+
+        async def call(self, fn: Any, *args: Any) -> Any:
+            self.reading.set()
+            await self.release.wait()
+            return [{"id": "r1", "status": "Running"}]  # read before the run completed
+
+    class Socket:
+        def __init__(self, app: Any) -> None:
+            self.app = app
+            self.query_params: dict[str, str] = {}
+            self.headers: dict[str, str] = {}
+            self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
+            self.sent: list[dict[str, Any]] = []
+            self.got = asyncio.Event()
+
+        async def accept(self) -> None:
+            pass
+
+        async def receive_text(self) -> str:
+            text = await self.inbox.get()
+            if text is None:
+                raise WebSocketDisconnect()
+            return text
+
+        async def send_text(self, text: str) -> None:
+            self.sent.append(json.loads(text))
+            self.got.set()
+
+    async def scenario() -> None:
+        hub = LiveHub.__new__(LiveHub)
+        hub.stats = {"updates_in": 0, "messages_sent": 0, "updates_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
+        hub.by_run, hub.by_experiment, hub.subscribers = {}, {}, set()
+        hub.store = Store()  # type: ignore[assignment]
+        sock = Socket(SimpleNamespace(state=SimpleNamespace(hub=hub, auth=None)))
+        endpoint = asyncio.create_task(websocket_endpoint(sock))  # type: ignore[arg-type]
+        await sock.inbox.put(json.dumps({"subscribe": {"experiment": "e"}}))
+        await asyncio.wait_for(hub.store.reading.wait(), 5)  # type: ignore[attr-defined]
+        hub.dispatch_batch([{"type": "update", "run": "r1", "project": "p", "experiment": "e", "status": "Completed"}])
+        for _ in range(100):  # let the pump run: it must hold the update
+            await asyncio.sleep(0)
+        assert sock.sent == []
+        hub.store.release.set()  # type: ignore[attr-defined]
+        while len(sock.sent) < 3:
+            sock.got.clear()
+            await asyncio.wait_for(sock.got.wait(), 5)
+        await sock.inbox.put(None)
+        await asyncio.wait_for(endpoint, 5)
+        assert [m["type"] for m in sock.sent] == ["subscribed", "snapshot", "update"]
+        assert sock.sent[2]["status"] == "Completed"
+        assert not hub.subscribers and not hub.by_experiment
+
+    asyncio.run(scenario())
