@@ -87,6 +87,10 @@ SUMMARIES_FROM_POINTS = (
 # Tables with Kafka coordinates, in the order a batch writes them.
 WATERMARKED_TABLES = ("metric_points", "table_cells", "run_logs", "run_files", "metric_summaries", "ingested_events")
 
+# Tables that take an insert per batch (see migration 7).
+STREAMED_TABLES = ("metric_points", "metric_summaries", "ingested_events", "run_logs", "table_cells", "runs")
+MERGE_SETTINGS = "min_parts_to_merge_at_once = 10, merge_selector_base = 10"
+
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         1,
@@ -232,6 +236,13 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "EXCHANGE TABLES metric_summaries AND metric_summaries_v6",
             "DROP TABLE metric_summaries_v6",
         ],
+    ),
+    (
+        7,
+        # Wider merges of the small parts a live stream makes (one per table per batch,
+        # ~10 a second): the default selector merged them 5 at a time, rewriting each row
+        # again and again, and the merge threads took a quarter of a core of bench/live.py.
+        [f"ALTER TABLE {table} MODIFY SETTING {MERGE_SETTINGS}" for table in STREAMED_TABLES],
     ),
 ]
 

@@ -1,5 +1,6 @@
 """Migrations 3 (metric_points re-ordered by (project, metric, run_id, step), no projection),
-4 (LZ4 codecs), 5 (LowCardinality run ids) and 6 (summaries without a view) on a database written by the earlier schema: every point kept, the
+4 (LZ4 codecs), 5 (LowCardinality run ids), 6 (summaries without a view) and 7 (wider merges)
+on a database written by the earlier schema: every point kept, the
 summaries view attached. Runs in a subprocess: one process hosts one embedded engine path."""
 
 from __future__ import annotations
@@ -41,18 +42,22 @@ leftover = client.query("SELECT count() FROM system.tables WHERE database = curr
 summary = client.query("SELECT sum(count_state), max(max_state), tupleElement(min(first_state), 2), sum(sum_state) / sum(finite_state), "
                        "max(kafka_offset) FROM metric_summaries").result_rows[0]
 views = client.query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND engine = 'MaterializedView'").result_rows[0][0]
-print(json.dumps({"before": list(before), "after": list(after), "applied": applied, "again": again, "key": key,
+merge_settings = {name: client.query(f"SHOW CREATE TABLE {name}").result_rows[0][0].split("SETTINGS", 1)[-1].strip()
+                  for name in schema.STREAMED_TABLES}
+print(json.dumps({"merge_settings": merge_settings, "before": list(before), "after": list(after), "applied": applied, "again": again, "key": key,
                   "projections": projections, "leftover": leftover, "codecs": codecs, "types": types, "views": views, "summary": list(summary)}))
 """
 
 
-def test_migrations_3_to_6_reorder_metric_points_switch_codecs_and_types_refill_summaries_and_keep_every_point(tmp_path: Path) -> None:
+def test_migrations_3_to_7_reorder_metric_points_switch_codecs_and_types_refill_summaries_and_keep_every_point(tmp_path: Path) -> None:
     root = Path(__file__).resolve().parent.parent
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tmp_path / "engine")], cwd=root, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["before"] == result["after"] == [5000, sum(i * 0.5 for i in range(5000)), 5000]
-    assert result["applied"] == [3, 4, 5, 6] and result["again"] == []
+    assert result["applied"] == [3, 4, 5, 6, 7] and result["again"] == []
+    for table, declared in result["merge_settings"].items():
+        assert "min_parts_to_merge_at_once = 10" in declared and "merge_selector_base = 10" in declared, (table, declared)
     assert result["types"]["run_id"] == "LowCardinality(String)"
     assert {c: result["codecs"][c] for c in ("step", "value", "ts", "kafka_offset")} == {
         "step": "CODEC(Delta(8), LZ4)",
