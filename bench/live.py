@@ -119,6 +119,7 @@ def main() -> None:
     from bench.common import Pipeline, free_port, machine
     from processor.consumer import Processor
     from processor.store import get_store
+    from runstream.server import tune_gc
 
     pipe = Pipeline(args.kafka)
     store = get_store(f"chdb://{pipe.home / 'clickhouse'}")
@@ -135,6 +136,7 @@ def main() -> None:
         time.sleep(0.05)
     while not app.state.hub.ready.is_set():
         time.sleep(0.05)
+    tune_gc()  # as `runstream up` does once started
     print(f"machine: {machine()}")
     ctx = mp.get_context("spawn")
     ids_q, out_q, ready_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
