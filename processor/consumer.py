@@ -155,6 +155,7 @@ class Processor:
         batch_window: float = 0.005,
         min_interval: float = 0.1,
         loaded_interval: float = 0.25,
+        ledger_interval: float = 0.2,
         max_batch_bytes: int = MAX_BATCH_BYTES,
         fail_injector: Any = None,
     ) -> None:
@@ -166,6 +167,7 @@ class Processor:
         self.batch_window = batch_window
         self.min_interval = min_interval
         self.loaded_interval = loaded_interval
+        self.ledger_interval = ledger_interval
         self.max_batch_bytes = max_batch_bytes
         self._batch_started = 0.0
         self._last_points = 0
@@ -189,6 +191,7 @@ class Processor:
         self._carry_epoch = 0
         self._ledger_queue: list[tuple[_Prepared, asyncio.Future[bool]]] = []
         self._ledger_task: asyncio.Task[None] | None = None
+        self._ledger_at = 0.0  # when the last ledger group started
         self._revocations = 0
         self._lag_at = 0.0
         self.ready = asyncio.Event()
@@ -673,9 +676,13 @@ class Processor:
 
     async def _write_ledger(self, batch: _Prepared) -> bool:
         """Queue the batch's ledger (summaries, run rows, ingested events) and wait until it
-        is written. Batches queued while the ledger lane is busy are written together, one
-        insert per table: under a stream of small batches the fixed cost of an insert, not
-        the rows, is what the lane spends its time on. False when stopping."""
+        is written. Batches queued while the ledger lane is busy, or within ledger_interval
+        of the last ledger write, are written together, one insert per table: under a stream
+        of small batches the fixed cost of an insert, not the rows, is what the lane spends
+        its time on (bench/live.py, 10 batches a second: at most 5 ledger inserts a second
+        instead of 10; p99 latency in interleaved pairs without / with 0.2 s: 246 -> 220,
+        320 -> 268 ms). The points are stored and pushed live before; only summaries, run
+        rows and the commit wait. False when stopping."""
         done = asyncio.get_running_loop().create_future()
         self._ledger_queue.append((batch, done))
         if self._ledger_task is None or self._ledger_task.done():
@@ -684,6 +691,10 @@ class Processor:
 
     async def _ledger_loop(self) -> None:
         while self._ledger_queue:
+            wait = self._ledger_at + self.ledger_interval - time.monotonic()
+            if wait > 0 and not self._stopping.is_set():
+                await asyncio.sleep(wait)
+            self._ledger_at = time.monotonic()
             group, self._ledger_queue = self._ledger_queue, []
             try:
                 await self._with_retry(functools.partial(self._write_ledger_group, [b for b, _ in group], set()), "insert batch", lane=1)

@@ -240,3 +240,44 @@ def test_ledgers_queued_behind_a_slow_one_are_written_together_each_event_once(h
     )
     assert sorted(r[1:] for r in summaries) == [(300, 299.0)] * 3
     assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", {"ids": ids}) == [(3,)]
+
+
+def test_ledgers_within_the_ledger_interval_are_written_together_each_event_once(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
+    settings = new_settings(home, kafka_bootstrap)
+    proc = Processor(settings, store, group_id=f"g-interval-{uuid.uuid4().hex[:6]}", publish_live=False, ledger_interval=0.5)
+    write_group = proc._write_ledger_group
+    groups: list[tuple[float, int]] = []
+
+    def timed_group(group: list[Any], done_tables: set[str]) -> None:
+        groups.append((time.monotonic(), len(group)))
+        write_group(group, done_tables)
+
+    proc._write_ledger_group = timed_group  # type: ignore[method-assign]
+    stack.run(proc.start())
+    try:
+        exp = Experiment("ledger-interval", settings=settings)
+        runs = [exp.start_logging(name=f"interval-{i}") for i in range(2)]
+        for step in range(200):
+            for run in runs:
+                run.log("loss", float(step), step=step)
+            if step % 10 == 9:
+                for run in runs:
+                    assert run.flush(30)  # a batch every few ms: many within one interval
+        for run in runs:
+            run.complete()
+        ids = [r.id for r in runs]
+        wait_until(lambda: _points(store, ids) == 400, 60, what="points written")
+        wait_until(lambda: proc.stats.consumer_lag == 0 and not proc._ledger_queue, 30, what="ledger drained")
+    finally:
+        stack.run(proc.stop())
+    starts = [t for t, _ in groups]
+    assert all(b - a >= 0.49 for a, b in zip(starts, starts[1:])), starts  # at most one ledger write per interval
+    assert max(n for _, n in groups) > 1, groups
+    events = store.query_rows("SELECT count(), uniqExact(event_id) FROM ingested_events WHERE run_id IN {ids:Array(String)}", {"ids": ids})
+    assert events[0][0] == events[0][1] > 20
+    summaries = store.query_rows(
+        "SELECT run_id, sum(count_state), tupleElement(max(last_state), 2) FROM metric_summaries WHERE run_id IN {ids:Array(String)} GROUP BY run_id",
+        {"ids": ids},
+    )
+    assert sorted(r[1:] for r in summaries) == [(200, 199.0)] * 2
+    assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", {"ids": ids}) == [(2,)]
