@@ -242,10 +242,17 @@ class Run:
             # Extending the columns with whole lists costs a few C calls, not a Python
             # loop per value; anything unusual takes the general path below.
             idxs = self._key_cache.get(tuple(metrics))
-            values = list(metrics.values())
-            if idxs is not None and all(type(v) is float for v in values):
-                total = sum(values)
-                if total - total == 0.0:  # finite sum: every value is finite
+            if idxs is not None:
+                values = list(metrics.values())
+                try:
+                    total = sum(values)
+                except (TypeError, OverflowError):  # a string, None, an int too large for a float...
+                    total = None
+                # A float sum (one C call, ~0.35 µs cheaper than a type check per value) means
+                # floats, ints and bools: what the general path would coerce to these same
+                # floats. Its finiteness means every value is finite. Numpy scalars make a
+                # numpy sum and take the general path.
+                if type(total) is float and total - total == 0.0:
                     self._append_row(idxs, values, step)
                     return
         self._log_metrics_general(metrics, step, description)
@@ -267,8 +274,9 @@ class Run:
             buf.n += n
             self._buffered += n
             full = buf.n >= EVENT_POINTS
+        step += 1
         for idx in idxs:
-            next_step[idx] = step + 1
+            next_step[idx] = step
         self._points_logged += n
         if full:
             self._shipper.nudge()

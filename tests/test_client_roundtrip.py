@@ -188,3 +188,29 @@ def test_numpy_scalars_and_bools_are_numbers(settings: Settings) -> None:
     run.log("flag", True)
     run.complete()
     assert run.get_metrics() == {"np64": 0.5, "np32": 0.25, "npint": 7.0, "flag": 1.0}
+
+
+def test_log_metrics_with_known_names_stores_what_the_general_path_would(settings: Settings, stack: Stack) -> None:
+    """The second call with the same names takes the training-loop fast path: ints, bools,
+    numpy scalars and non-finite values must come out as from the first (general) call,
+    and values the general path refuses are refused there too."""
+    exp = Experiment("fast-path", settings=settings)
+    run = exp.start_logging(name="mixed")
+    rows = [
+        {"a": 1, "b": True, "c": 0.5, "d": np.float32(0.25)},
+        {"a": 2, "b": False, "c": 1.5, "d": np.float32(0.75)},
+        {"a": 3.0, "b": 1, "c": math.nan, "d": 1.0},
+        {"a": 2**60, "b": 0.0, "c": -math.inf, "d": 2.0},
+    ]
+    for step, row in enumerate(rows):
+        run.log_metrics(row, step=step)
+    with pytest.raises(InvalidInput, match="too large"):
+        run.log_metrics({"a": 10**400, "b": 1.0, "c": 1.0, "d": 1.0}, step=9)
+    with pytest.raises(InvalidInput, match="must be a number or a string"):
+        run.log_metrics({"a": None, "b": 1.0, "c": 1.0, "d": 1.0}, step=9)
+    run.complete()
+    metrics = run.get_metrics()
+    assert metrics["a"] == [1.0, 2.0, 3.0, float(2**60)]
+    assert metrics["b"] == [1.0, 0.0, 1.0, 0.0]
+    assert metrics["c"] == [0.5, 1.5, None, None]
+    assert metrics["d"] == [0.25, 0.75, 1.0, 2.0]
