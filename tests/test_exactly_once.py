@@ -198,6 +198,40 @@ def test_a_backlog_is_written_in_batches_of_bounded_size_each_point_once(home, k
         run.complete()
 
 
+def _ledgers_in_small_batches(settings: Settings, store: Store, stack: Stack, proc: Processor, name: str, n_runs: int, steps: int) -> None:
+    """Many small batches (a flush every 10 steps) through proc; then every point, event,
+    summary and run row stored exactly once."""
+    stack.run(proc.start())
+    try:
+        exp = Experiment(name, settings=settings)
+        runs = [exp.start_logging(name=f"{name}-{i}") for i in range(n_runs)]
+        for step in range(steps):
+            for run in runs:
+                run.log("loss", float(step), step=step)
+            if step % 10 == 9:
+                for run in runs:
+                    assert run.flush(30)
+        for run in runs:
+            run.complete()
+        ids = [r.id for r in runs]
+        wait_until(lambda: _points(store, ids) == n_runs * steps, 60, what="points written")
+        wait_until(lambda: proc.stats.consumer_lag == 0 and not proc._ledger_queue, 30, what="ledger drained")
+    finally:
+        stack.run(proc.stop())
+    params = {"ids": ids}
+    assert store.query_rows("SELECT uniqExact(run_id, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", params) == [
+        (n_runs * steps, n_runs * steps)
+    ]
+    events = store.query_rows("SELECT count(), uniqExact(event_id) FROM ingested_events WHERE run_id IN {ids:Array(String)}", params)
+    assert events[0][0] == events[0][1] > steps // 10
+    summaries = store.query_rows(
+        "SELECT run_id, sum(count_state), tupleElement(max(last_state), 2) FROM metric_summaries WHERE run_id IN {ids:Array(String)} GROUP BY run_id",
+        params,
+    )
+    assert sorted(r[1:] for r in summaries) == [(steps, float(steps - 1))] * n_runs
+    assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", params) == [(n_runs,)]
+
+
 def test_ledgers_queued_behind_a_slow_one_are_written_together_each_event_once(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
     settings = new_settings(home, kafka_bootstrap)
     proc = Processor(settings, store, group_id=f"g-ledger-{uuid.uuid4().hex[:6]}", publish_live=False)
@@ -211,35 +245,8 @@ def test_ledgers_queued_behind_a_slow_one_are_written_together_each_event_once(h
         write_group(group, done_tables)
 
     proc._write_ledger_group = slow_group  # type: ignore[method-assign]
-    stack.run(proc.start())
-    try:
-        exp = Experiment("ledger-groups", settings=settings)
-        runs = [exp.start_logging(name=f"ledger-{i}") for i in range(3)]
-        for step in range(300):
-            for run in runs:
-                run.log("loss", float(step), step=step)
-            if step % 10 == 9:
-                for run in runs:
-                    assert run.flush(30)  # many small batches
-        for run in runs:
-            run.complete()
-        ids = [r.id for r in runs]
-        wait_until(lambda: _points(store, ids) == 900, 60, what="points written")
-        wait_until(lambda: proc.stats.consumer_lag == 0 and not proc._ledger_queue, 30, what="ledger drained")
-    finally:
-        stack.run(proc.stop())
+    _ledgers_in_small_batches(settings, store, stack, proc, "ledger-groups", 3, 300)
     assert max(sizes) > 1, sizes  # some ledgers were written together
-    assert store.query_rows("SELECT uniqExact(run_id, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids}) == [
-        (900, 900)
-    ]
-    events = store.query_rows("SELECT count(), uniqExact(event_id) FROM ingested_events WHERE run_id IN {ids:Array(String)}", {"ids": ids})
-    assert events[0][0] == events[0][1] > 30
-    summaries = store.query_rows(
-        "SELECT run_id, sum(count_state), tupleElement(max(last_state), 2) FROM metric_summaries WHERE run_id IN {ids:Array(String)} GROUP BY run_id",
-        {"ids": ids},
-    )
-    assert sorted(r[1:] for r in summaries) == [(300, 299.0)] * 3
-    assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", {"ids": ids}) == [(3,)]
 
 
 def test_ledgers_within_the_ledger_interval_are_written_together_each_event_once(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
@@ -253,31 +260,7 @@ def test_ledgers_within_the_ledger_interval_are_written_together_each_event_once
         write_group(group, done_tables)
 
     proc._write_ledger_group = timed_group  # type: ignore[method-assign]
-    stack.run(proc.start())
-    try:
-        exp = Experiment("ledger-interval", settings=settings)
-        runs = [exp.start_logging(name=f"interval-{i}") for i in range(2)]
-        for step in range(200):
-            for run in runs:
-                run.log("loss", float(step), step=step)
-            if step % 10 == 9:
-                for run in runs:
-                    assert run.flush(30)  # a batch every few ms: many within one interval
-        for run in runs:
-            run.complete()
-        ids = [r.id for r in runs]
-        wait_until(lambda: _points(store, ids) == 400, 60, what="points written")
-        wait_until(lambda: proc.stats.consumer_lag == 0 and not proc._ledger_queue, 30, what="ledger drained")
-    finally:
-        stack.run(proc.stop())
+    _ledgers_in_small_batches(settings, store, stack, proc, "ledger-interval", 2, 200)  # a batch every few ms
     starts = [t for t, _ in groups]
     assert all(b - a >= 0.49 for a, b in zip(starts, starts[1:])), starts  # at most one ledger write per interval
     assert max(n for _, n in groups) > 1, groups
-    events = store.query_rows("SELECT count(), uniqExact(event_id) FROM ingested_events WHERE run_id IN {ids:Array(String)}", {"ids": ids})
-    assert events[0][0] == events[0][1] > 20
-    summaries = store.query_rows(
-        "SELECT run_id, sum(count_state), tupleElement(max(last_state), 2) FROM metric_summaries WHERE run_id IN {ids:Array(String)} GROUP BY run_id",
-        {"ids": ids},
-    )
-    assert sorted(r[1:] for r in summaries) == [(200, 199.0)] * 2
-    assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", {"ids": ids}) == [(2,)]
