@@ -2,11 +2,10 @@
 import { api, ApiError, fileUrl, live, numOrNull } from "./api.js";
 import { createChart } from "./charts.js";
 import {
-  clear, put, duration, fmtBytes, fmtNum, h, isNum, kvTable, message, rafThrottle, setBadge, statusBadge, throttle, timeEl,
+  clear, put, duration, fmtBytes, fmtNum, h, isNum, kvTable, message, rafThrottle, setBadge, statusBadge, TERMINAL, throttle, timeEl,
 } from "./util.js";
 
 const byName = (a, b) => a.localeCompare(b, undefined, { sensitivity: "base", numeric: true });
-const TERMINAL = new Set(["Completed", "Failed", "Canceled"]);
 const LOG_KEEP = 2000;
 
 /** One metric's card: lazily created uPlot, REST load, live appends. */

@@ -1,7 +1,7 @@
 // Runs list: experiment picker, sortable paged table with live status and metric columns, selection for compare.
 import { api, live } from "./api.js";
 import {
-  clear, put, duration, fmtNum, frameThrottle, h, isNum, message, relTime, setBadge, setText, statusBadge, STATUSES, tagChips, throttle, timeEl,
+  clear, put, duration, fmtNum, frameThrottle, h, isNum, message, relTime, setBadge, setText, statusBadge, STATUSES, tagChips, TERMINAL, throttle, timeEl,
 } from "./util.js";
 
 const selected = new Set(); // survives navigation within the session
@@ -44,7 +44,6 @@ export function mount(ctx) {
   const subs = new Map(); // experiment -> unsubscribe
   // Runs seen ending live: a listing read just before the end arrived must not revive them.
   const ended = new Map(); // id -> {status, ended_at}
-  const TERMINAL = ["Completed", "Failed", "Canceled"];
   let abort = null;
 
   // --- skeleton ---
@@ -280,7 +279,7 @@ export function mount(ctx) {
     for (const r of res.runs) {
       known.add(r.id);
       const end = ended.get(r.id);
-      if (end && !TERMINAL.includes(r.status)) Object.assign(r, end);
+      if (end && !TERMINAL.has(r.status)) Object.assign(r, end);
     }
     renderRows(res.runs);
     renderHead();
@@ -304,7 +303,7 @@ export function mount(ctx) {
     if (msg.status) {
       expSoon();
       run.status = msg.status;
-      if (TERMINAL.includes(msg.status)) {
+      if (TERMINAL.has(msg.status)) {
         run.ended_at = msg.server_time;
         ended.set(run.id, { status: run.status, ended_at: run.ended_at });
       }
@@ -337,11 +336,11 @@ export function mount(ctx) {
       learnMetrics(Object.keys(s.metrics || {}));
       const r = rows.get(s.id);
       if (!r) continue;
-      if (TERMINAL.includes(r.run.status) && !TERMINAL.includes(s.status)) continue; // older than what the row shows
+      if (TERMINAL.has(r.run.status) && !TERMINAL.has(s.status)) continue; // older than what the row shows
       r.run.status = s.status;
       r.run.last_seen = s.last_seen;
       if (s.ended_at) r.run.ended_at = s.ended_at;
-      if (TERMINAL.includes(s.status)) ended.set(s.id, { status: s.status, ended_at: s.ended_at });
+      if (TERMINAL.has(s.status)) ended.set(s.id, { status: s.status, ended_at: s.ended_at });
       for (const m of state.metrics) if (s.metrics?.[m]) r.run.metrics = { ...r.run.metrics, [m]: { ...r.run.metrics?.[m], ...s.metrics[m] } };
       r.dirty = true;
     }

@@ -112,6 +112,8 @@ export function refreshTimes(root = document) {
 }
 
 export const STATUSES = ["Running", "Queued", "NotStarted", "Completed", "Failed", "Canceled"];
+/** Statuses a run does not leave. */
+export const TERMINAL = new Set(["Completed", "Failed", "Canceled"]);
 
 export function statusBadge(status) {
   const s = status || "Unknown";
