@@ -8,6 +8,14 @@ the three do not share a GIL. Each logged `lat` value is the wall-clock time of
 its log() call; a subscriber's latency for a point is its receive time minus
 that value. Half the subscribers watch the whole experiment (the runs list),
 half watch 4 runs each (run pages). Prints p50/p90/p99/max and the machine.
+
+The figures are for a pipeline that has been running, not one just started: the
+bench starts its own Kafka broker, and a fresh JVM compiles the broker's hot code
+for about a minute under this load (its C2 compiler thread measured at 24-29% of
+a core for the first ~50 s, 6% at 66 s, ~1% after), on a 2-core machine that the
+three processes already keep busy. Hence a 60 s warm-up at the same load before
+the measured seconds (`--warmup 5` shows the first minute; with `--kafka` on a
+broker that has run for a while, a short warm-up is enough).
 """
 
 from __future__ import annotations
@@ -117,7 +125,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--subscribers", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds of logging")
-    parser.add_argument("--warmup", type=float, default=5.0, help="seconds of the same load before measuring (JIT, caches, first merges)")
+    parser.add_argument("--warmup", type=float, default=60.0, help="seconds of the same load before measuring (the broker's JIT, caches, merges)")
     parser.add_argument("--rate", type=float, default=20.0, help="steps per second per run (10 points per step)")
     parser.add_argument("--kafka")
     args = parser.parse_args()

@@ -634,7 +634,11 @@ class Processor:
                 return False
             # The data first: once points and log lines are stored the live update can go
             # out, while the summaries, the run rows and the ingested-events ledger are written.
-            await self._with_retry(lambda: write(DATA_TABLES), "insert batch", lane=0)
+            writing = asyncio.ensure_future(self._with_retry(lambda: write(DATA_TABLES), "insert batch", lane=0))
+            # The update is built while the engine writes (on its own thread, without the GIL)
+            # and sent once the write is done: ~1-8 ms less between stored and pushed.
+            updates = self._live_updates(batch) if self.publish_live and batch.events else None
+            await writing
         except Exception as exc:  # only when stopping: the batch stays uncommitted and is replayed
             log.warning("batch not written before stop (it will be replayed): %s", exc)
             data_done.set_result(False)
@@ -642,9 +646,7 @@ class Processor:
         data_done.set_result(True)
         t3 = time.perf_counter()
         self.stats.points_written += built.points  # stored and queryable now; the ledger is bookkeeping for replays
-        live = None
-        if self.publish_live and batch.events:
-            live = asyncio.create_task(self._publish_live(batch.events, batch.status_changes, built.metric_groups))
+        live = asyncio.create_task(self._publish_live(updates)) if updates else None
         if not await self._write_ledger(batch):
             return False
         if previous is not None and not await previous:  # commits stay in batch order
@@ -768,14 +770,21 @@ class Processor:
             )
             await self._producer.send_and_wait(self.settings.deadletter_topic, payload, key=msg.key)
 
-    async def _publish_live(self, events: list[dict[str, Any]], statuses: dict[RunKey, str], groups: batching.MetricGroups | None) -> None:
-        assert self._producer is not None
-        touched = {(e["project"], e["run"]) for e in events} | set(statuses)
-        experiments = {key: self.runs[key].experiment for key in touched if key in self.runs}
-        updates = build_updates(events, experiments, statuses, groups)
-        if not updates:
-            return
+    def _live_updates(self, batch: _Prepared) -> list[dict[str, Any]] | None:
         try:
+            touched = {(e["project"], e["run"]) for e in batch.events} | set(batch.status_changes)
+            experiments = {key: self.runs[key].experiment for key in touched if key in self.runs}
+            return build_updates(batch.events, experiments, batch.status_changes, batch.built.metric_groups)
+        except Exception as exc:  # live pushes are best effort; storage is the truth
+            log.warning("live update not built: %r", exc)
+            return None
+
+    async def _publish_live(self, updates: list[dict[str, Any]]) -> None:
+        assert self._producer is not None
+        try:
+            now = time.time()  # the updates were built before the write ended: stamp them as they go
+            for update in updates:
+                update["server_time"] = now
             # One message per batch: the per-message cost, not the bytes, is what adds latency.
             for sink in self.live_sinks:
                 try:
