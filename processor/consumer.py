@@ -636,7 +636,9 @@ class Processor:
             # out, while the summaries, the run rows and the ingested-events ledger are written.
             writing = asyncio.ensure_future(self._with_retry(lambda: write(DATA_TABLES), "insert batch", lane=0))
             # The update is built while the engine writes (on its own thread, without the GIL)
-            # and sent once the write is done: ~1-8 ms less between stored and pushed.
+            # and sent once the write is done. One turn of the loop first: that is when the
+            # task hands the insert to the writer thread.
+            await asyncio.sleep(0)
             updates = self._live_updates(batch) if self.publish_live and batch.events else None
             await writing
         except Exception as exc:  # only when stopping: the batch stays uncommitted and is replayed
