@@ -4,6 +4,7 @@ a timeout, and the events not handed to the producer go back to their run, in or
 from __future__ import annotations
 
 import asyncio
+import time
 import weakref
 from typing import Any
 
@@ -71,7 +72,9 @@ def test_a_send_stalled_for_stall_s_times_out_the_drain_and_requeues_the_rest(mo
         shipper._drain_lock = asyncio.Lock()
         await shipper._drain()
 
+    started = time.monotonic()
     with pytest.raises(TimeoutError):
         asyncio.run(asyncio.wait_for(drain(), 5))  # the outer bound only guards the test itself
+    assert time.monotonic() - started < 2.5  # the drain's own STALL_S timeout ended it, not the guard
     assert len(producer.sent) == 2 and shipper.sent_events == 2
     assert [ev["id"] for ev, _ in run._pending] == queued[2:]  # the rest, in order, for the next drain
