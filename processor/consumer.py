@@ -193,6 +193,7 @@ class Processor:
         self._ledger_task: asyncio.Task[None] | None = None
         self._ledger_at = 0.0  # when the last ledger group started
         self._revocations = 0
+        self._dead_lettered: dict[tuple[str, int], int] = {}  # highest offset sent to the dead-letter topic
         self._lag_at = 0.0
         self.ready = asyncio.Event()
         # Live updates also go straight to an api hub in this process (`runstream up`), which
@@ -755,8 +756,15 @@ class Processor:
             await task
 
     async def _dead_letter(self, dead: list[tuple[Any, str]]) -> None:
+        """Quarantine refused records once per process: a batch re-read after a rebalance
+        (or a loop error) meets them again, and no table's watermark covers them. A
+        restart may send one again (at least once, as the DLQ's consumers are told)."""
         assert self._producer is not None
         for msg, reason in dead:
+            key = (msg.topic, msg.partition)
+            if msg.offset <= self._dead_lettered.get(key, -1):
+                continue
+            self._dead_lettered[key] = msg.offset
             self.stats.dead_letters += 1
             log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
             payload = orjson.dumps(

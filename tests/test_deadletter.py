@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from ingest import Experiment
 from processor.consumer import Processor
 from processor.store import Store
+from runstream.config import Settings
 from tests.conftest import Stack, new_settings, wait_until
 
 
@@ -129,3 +130,27 @@ def test_a_run_id_reused_in_another_project_never_touches_the_first_run(home, ka
     finally:
         mine.complete()
         stack.run(proc.stop())
+
+
+def test_records_met_again_after_a_re_read_are_dead_lettered_once() -> None:
+    """A batch re-read after a rebalance meets its refused records again: one DLQ message each."""
+
+    class _Producer:
+        def __init__(self) -> None:
+            self.sent: list[bytes] = []
+
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+            self.sent.append(value)
+
+    class _Msg:
+        def __init__(self, offset: int) -> None:
+            self.topic, self.partition, self.offset, self.key, self.value = "ev", 2, offset, None, b"bad"
+
+    proc = Processor(Settings(), store=None, publish_live=False)  # type: ignore[arg-type]
+    producer = _Producer()
+    proc._producer = producer  # type: ignore[assignment]
+    first = [(_Msg(o), "not valid JSON") for o in (2, 3, 4)]
+    asyncio.run(proc._dead_letter(first))
+    asyncio.run(proc._dead_letter([(_Msg(o), "not valid JSON") for o in (3, 4, 9)]))  # re-read from 3, then a new one
+    assert proc.stats.dead_letters == 4
+    assert [orjson.loads(v)["offset"] for v in producer.sent] == [2, 3, 4, 9]
