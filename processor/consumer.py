@@ -764,7 +764,6 @@ class Processor:
             key = (msg.topic, msg.partition)
             if msg.offset <= self._dead_lettered.get(key, -1):
                 continue
-            self._dead_lettered[key] = msg.offset
             self.stats.dead_letters += 1
             log.warning("dead-lettered %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
             payload = orjson.dumps(
@@ -779,6 +778,7 @@ class Processor:
                 }
             )
             await self._producer.send_and_wait(self.settings.deadletter_topic, payload, key=msg.key)
+            self._dead_lettered[key] = msg.offset  # once sent: a send that failed is tried again on a re-read
 
     def _live_updates(self, batch: _Prepared) -> list[dict[str, Any]] | None:
         try:

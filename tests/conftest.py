@@ -31,6 +31,18 @@ T = TypeVar("T")
 os.environ["RUNSTREAM_CAPTURE_OUTPUT"] = "0"
 
 
+class NullShipper:
+    """Stands in for a Run's shipper (no network): the test looks at what the run buffered."""
+
+    over_limit = False
+
+    def register(self, run: Any) -> None: ...
+
+    def nudge(self) -> None: ...
+
+    def drop(self, n: int) -> None: ...
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

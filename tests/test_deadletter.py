@@ -7,6 +7,7 @@ import base64
 import time
 
 import orjson
+import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from ingest import Experiment
@@ -154,3 +155,14 @@ def test_records_met_again_after_a_re_read_are_dead_lettered_once() -> None:
     asyncio.run(proc._dead_letter([(_Msg(o), "not valid JSON") for o in (3, 4, 9)]))  # re-read from 3, then a new one
     assert proc.stats.dead_letters == 4
     assert [orjson.loads(v)["offset"] for v in producer.sent] == [2, 3, 4, 9]
+
+    class _Down(_Producer):
+        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+            raise ConnectionError("broker away")
+
+    proc._producer = _Down()  # type: ignore[assignment]
+    with pytest.raises(ConnectionError):
+        asyncio.run(proc._dead_letter([(_Msg(10), "not valid JSON")]))
+    proc._producer = producer  # type: ignore[assignment]
+    asyncio.run(proc._dead_letter([(_Msg(10), "not valid JSON")]))  # the re-read after the failed send
+    assert [orjson.loads(v)["offset"] for v in producer.sent][-1] == 10

@@ -14,16 +14,7 @@ import ingest.shipper as shipper_module
 from ingest.run import Experiment, Run
 from ingest.shipper import Shipper
 from runstream.config import Settings
-
-
-class _NullShipper:
-    over_limit = False
-
-    def register(self, run: Run) -> None: ...
-
-    def nudge(self) -> None: ...
-
-    def drop(self, n: int) -> None: ...
+from tests.conftest import NullShipper
 
 
 class _StallingProducer:
@@ -57,7 +48,7 @@ def test_a_send_stalled_for_stall_s_times_out_the_drain_and_requeues_the_rest(mo
     monkeypatch.setattr(shipper_module, "STALL_S", 0.05)
     settings = Settings().with_(kafka="127.0.0.1:9")
     exp = Experiment("unit", settings=settings)
-    run = Run(exp, shipper=_NullShipper())  # type: ignore[arg-type]
+    run = Run(exp, shipper=NullShipper())  # type: ignore[arg-type]
     for step in range(3):
         run.log("loss", 1.0 / (step + 1), step=step)
         run.tag(f"k{step}", step)  # an event of another kind seals the metrics before it

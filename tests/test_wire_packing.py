@@ -16,6 +16,7 @@ from ingest.values import InvalidInput
 from processor.live import LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS, build_updates
 from runstream.config import Settings
 from runstream.wire import WireError, pack, validate
+from tests.conftest import NullShipper
 
 
 def _metrics_event(**columns: Any) -> dict[str, Any]:
@@ -58,25 +59,13 @@ def test_bad_packed_columns_are_refused_with_a_reason(columns: dict[str, Any], m
         validate(_metrics_event(**columns))
 
 
-class _Shipper:
-    """Stands in for the network side: the test looks at what the run buffered."""
-
-    over_limit = False
-
-    def register(self, run: Run) -> None: ...
-
-    def nudge(self) -> None: ...
-
-    def drop(self, n: int) -> None: ...
-
-
 def _columns(run: Run) -> list[tuple[str, int, Any]]:
     return _columns_of([ev for ev, _ in run._take_events() if ev["kind"] == "metrics"])
 
 
 def test_log_metrics_fast_path_buffers_exactly_what_the_general_path_does() -> None:
     exp = Experiment("unit", settings=Settings().with_(kafka="127.0.0.1:9"))
-    fast, general = (Run(exp, shipper=_Shipper()) for _ in range(2))  # type: ignore[arg-type]
+    fast, general = (Run(exp, shipper=NullShipper()) for _ in range(2))  # type: ignore[arg-type]
     steps = [{"loss": 1.0 / (i + 1), "acc": i / 10} for i in range(5)]
     for i, metrics in enumerate(steps):
         fast.log_metrics(metrics, step=i)  # dict + int step + finite floats: the fast path after the first call
@@ -128,7 +117,7 @@ def test_a_long_training_loop_is_sealed_into_bounded_events_of_frames() -> None:
     from ingest.run import EVENT_POINTS
 
     exp = Experiment("unit", settings=Settings().with_(kafka="127.0.0.1:9"))
-    run = Run(exp, shipper=_Shipper())  # type: ignore[arg-type]
+    run = Run(exp, shipper=NullShipper())  # type: ignore[arg-type]
     steps = EVENT_POINTS // 3 + 7  # 3 metrics a step: more than one event's worth
     for i in range(steps):
         run.log_metrics({"a": 1.0 * i, "b": 2.0 * i, "c": 3.0 * i}, step=i)
@@ -154,7 +143,7 @@ def _columns_of(events: list[dict[str, Any]]) -> list[tuple[str, int, Any]]:
 
 def test_log_metrics_refuses_steps_beyond_int64_on_every_path() -> None:
     exp = Experiment("unit", settings=Settings().with_(kafka="127.0.0.1:9"))
-    run = Run(exp, shipper=_Shipper())  # type: ignore[arg-type]
+    run = Run(exp, shipper=NullShipper())  # type: ignore[arg-type]
     run.log_metrics({"a": 1.0}, step=1)
     for call in (lambda: run.log_metrics({"a": 1.0}, step=2**63), lambda: run.log("a", 1.0, step=-(2**63) - 1)):
         with pytest.raises(InvalidInput, match="64-bit"):
