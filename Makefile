@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RUNSTREAM_HOME ?= $(CURDIR)/.runstream
 export RUNSTREAM_KAFKA ?= localhost:9092
 
-.PHONY: up test setup venv dashboard-assets kafka-jars chromium lint typecheck bench clean
+.PHONY: up test setup venv dashboard-assets kafka-jars chromium layout-tree lint typecheck bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -16,9 +16,9 @@ $(BIN)/python:
 venv: $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 
+# package.json's postinstall copies uPlot into dashboard/vendor/ (setup.py runs the same for a wheel).
 dashboard-assets:
-	cd dashboard && npm install --no-audit --no-fund --loglevel=error
-	mkdir -p dashboard/vendor && cp dashboard/node_modules/uplot/dist/uPlot.esm.js dashboard/node_modules/uplot/dist/uPlot.min.css dashboard/vendor/
+	cd dashboard && npm ci --no-audit --no-fund --loglevel=error
 
 kafka-jars: venv
 	$(BIN)/python -c "from runstream.kafka_broker import ensure_jars; print(ensure_jars())"
@@ -38,12 +38,27 @@ up: setup
 test: setup chromium
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-lint:
-	$(BIN)/ruff check runstream ingest processor api tests bench
-	$(BIN)/ruff format --check runstream ingest processor api tests bench
+PY_SOURCES := runstream ingest processor api dashboard/__init__.py tests bench setup.py
 
-typecheck:
-	$(BIN)/mypy
+# mypy and import-linter resolve modules from folders, not through setuptools' editable
+# finder: they read the installed layout from a tree of file links (build/layout/runstream/
+# with ingest/, processor/, api/ inside), made anew each time.
+LAYOUT ?= build/layout
+layout-tree:
+	rm -rf $(LAYOUT) && mkdir -p $(LAYOUT)/runstream/dashboard
+	cp -rs "$(CURDIR)/runstream/." $(LAYOUT)/runstream/
+	for d in ingest processor api; do cp -rs "$(CURDIR)/$$d" $(LAYOUT)/runstream/$$d; done
+	ln -s "$(CURDIR)/dashboard/__init__.py" $(LAYOUT)/runstream/dashboard/__init__.py
+	find $(LAYOUT) -name __pycache__ -prune -exec rm -rf {} +
+
+# ruff, then the layer contracts of pyproject.toml ([tool.importlinter]).
+lint: layout-tree
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+	cd $(LAYOUT) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
+
+typecheck: layout-tree
+	cd $(LAYOUT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/$(LAYOUT).mypy_cache -p runstream
 
 bench: setup
 	$(BIN)/python bench/ingest.py

@@ -11,11 +11,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from runstream.api import analytics_queries as aq
+from runstream.api.queries import BadQuery
+from runstream.api.sql_guard import QueryRefused, SqlEngine
 
-from api import analytics_queries as aq
-from api.queries import BadQuery
-from api.sql_guard import QueryRefused, SqlEngine
-from processor.store import Store
+from runstream.storage.store import Store
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from api.queries import SUMMARY_SELECT, SUMMARY_STATS, BadQuery, _scope, clean, run_row_to_json
-from processor.store import Store
+from runstream.api.queries import SUMMARY_SELECT, SUMMARY_STATS, BadQuery, _scope, clean, run_row_to_json
+
+from runstream.storage.store import Store
 
 MAX_COMPARE_RUNS = 1000
 MAX_COMPARE_METRICS = 100

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +16,23 @@ from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from runstream.api import analytics, auth, gateway, live, metrics, routes_runs
+from runstream.api.artifacts import LocalArtifactStore
 
-from api import analytics, auth, gateway, live, metrics, routes_runs
-from api.artifacts import LocalArtifactStore
-from processor.store import Store
 from runstream.config import Settings
 from runstream.keys import KeyStore
+from runstream.storage.store import Store
 
-DASHBOARD_DIR = Path(__file__).resolve().parent.parent / "dashboard"
+log = logging.getLogger("runstream.api")
+
+
+def dashboard_dir() -> Path | None:
+    """The dashboard's files from the installed package (a wheel or the editable checkout)."""
+    try:
+        folder = Path(str(resources.files("runstream.dashboard")))
+    except ModuleNotFoundError:
+        return None
+    return folder if (folder / "index.html").is_file() else None
 
 
 def server_config(app: Any, host: str, port: int, **kwargs: Any) -> uvicorn.Config:
@@ -118,6 +129,11 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     app.include_router(routes_runs.router)
     app.include_router(analytics.router)
     app.include_router(live.router)
-    if DASHBOARD_DIR.is_dir():
-        app.mount("/", StaticFiles(directory=DASHBOARD_DIR, html=True), name="dashboard")
+    folder = dashboard_dir()
+    if folder is None:
+        log.warning("no dashboard files in the installed package: / will answer 404 (install runstream[server] from a wheel built with npm)")
+    else:
+        if not (folder / "vendor" / "uPlot.esm.js").is_file():
+            log.warning("dashboard at %s has no vendor/uPlot.esm.js: charts will not draw (run `make dashboard-assets`)", folder)
+        app.mount("/", StaticFiles(directory=folder, html=True), name="dashboard")
     return app

@@ -16,13 +16,13 @@ from aiokafka import AIOKafkaProducer
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
 
+from runstream import kafka
 from runstream.config import Settings
 from runstream.wire import MAX_EVENT_BYTES, MAX_POINTS_PER_EVENT, WireError, encode, validate
 
 MAX_EVENTS_PER_REQUEST = 10_000
 MAX_POINTS_PER_REQUEST = 1_000_000
 MAX_BODY_BYTES = 64 * 1024 * 1024
-KAFKA_RECORD_OVERHEAD = 1024  # record and batch headers within the producer's max_request_size
 
 
 class EventBatch(BaseModel):
@@ -48,14 +48,7 @@ class Gateway:
     async def producer(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.kafka,
-                    enable_idempotence=True,
-                    compression_type="lz4",
-                    linger_ms=5,
-                    max_request_size=MAX_EVENT_BYTES,
-                    max_batch_size=1024 * 1024,
-                )
+                producer = kafka.gateway_producer(self.settings)
                 await producer.start()
                 self._producer = producer
             return self._producer
@@ -167,8 +160,8 @@ async def post_events(request: Request) -> Accepted:
             raise _reject(gateway, 422, f"event {i}: {exc}") from None
         except Exception as exc:  # never a 5xx for a client's bytes
             raise _reject(gateway, 422, f"event {i}: invalid ({type(exc).__name__}: {exc})"[:500]) from None
-        if len(key) + len(value) + KAFKA_RECORD_OVERHEAD > MAX_EVENT_BYTES:
-            raise _reject(gateway, 413, f"event {i} is {len(value)} bytes encoded; the limit is {MAX_EVENT_BYTES - KAFKA_RECORD_OVERHEAD}")
+        if len(key) + len(value) + kafka.RECORD_OVERHEAD_BYTES > MAX_EVENT_BYTES:
+            raise _reject(gateway, 413, f"event {i} is {len(value)} bytes encoded; the limit is {MAX_EVENT_BYTES - kafka.RECORD_OVERHEAD_BYTES}")
         encoded.append((key, value))
     await _check_run_owners(request, gateway, events)
     try:

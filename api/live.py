@@ -19,11 +19,12 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from runstream.api import queries
 
-from api import queries
-from processor.consumer import ORIGIN_HEADER
-from processor.store import Store
+from runstream import kafka
 from runstream.config import Settings
+from runstream.live import ORIGIN_HEADER
+from runstream.storage.store import Store
 
 log = logging.getLogger("runstream.live")
 
@@ -247,18 +248,7 @@ class LiveHub:
         delay = 0.5
         while True:
             try:
-                self._consumer = AIOKafkaConsumer(
-                    self.settings.live_topic,
-                    bootstrap_servers=self.settings.kafka,
-                    group_id=None,
-                    auto_offset_reset="latest",
-                    # The live topic has one partition, so a fetch waiting at the broker never
-                    # holds back another partition's records: the broker answers it as soon as
-                    # an update is appended, whatever this wait. 10 ms made ~100 empty fetches
-                    # a second (half the api process's fetches in bench/live.py) for nothing.
-                    fetch_max_wait_ms=500,
-                    enable_auto_commit=False,
-                )
+                self._consumer = kafka.live_consumer(self.settings)
                 await self._consumer.start()
                 # Resolve "latest" now so updates published after start-up are never skipped.
                 await self._consumer.getmany(timeout_ms=0)

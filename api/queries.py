@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from processor.store import Store
+from runstream.storage.store import Store
 
 RUN_FIELDS = "project, run_id, experiment, name, parent_id, status, error, created_at, ended_at, last_seen, tags, params, descriptions"
 ORDERABLE = {"created_at", "last_seen", "ended_at", "name", "status", "experiment", "run_id"}

@@ -6,10 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import FileResponse
+from runstream.api import queries
+from runstream.api.artifacts import LocalArtifactStore
 
-from api import queries
-from api.artifacts import LocalArtifactStore
-from processor.store import Store
+from runstream.storage.store import Store
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
 

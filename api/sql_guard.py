@@ -39,9 +39,9 @@ from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
+from runstream.api.sql_views import ALL_PROJECTS_DB, VIEWS, ViewRegistry
 
-from api.sql_views import ALL_PROJECTS_DB, VIEWS, ViewRegistry
-from processor.store import Store
+from runstream.storage.store import Store
 
 # Functions that reach outside the views: files, dictionaries, Join tables,
 # models on disk, server internals and other databases' schemas.

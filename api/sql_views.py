@@ -25,8 +25,9 @@ import hashlib
 import re
 import threading
 
-from api.queries import SUMMARY_SELECT
-from processor.store import Store
+from runstream.api.queries import SUMMARY_SELECT
+
+from runstream.storage.store import Store
 
 ALL_PROJECTS_DB = "runstream_sql"
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

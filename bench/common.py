@@ -72,7 +72,7 @@ class Pipeline:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start_processor(self, store: Any, publish_live: bool = False) -> Any:
-        from processor.consumer import Processor
+        from runstream.processor.consumer import Processor
 
         proc = Processor(self.settings, store, publish_live=publish_live)
         self.run(proc.start())
@@ -202,7 +202,7 @@ class ProcessorProcess:
     def count_rows(engine: Path, run_ids: list[str]) -> tuple[int, int]:
         """(rows, distinct (run, metric, step)) of these runs, read in a process of its own."""
         code = (
-            "import json, sys; from processor.store import Store; "
+            "import json, sys; from runstream.storage.store import Store; "
             "sql = 'SELECT count(), uniqExact(run_id, metric, step) FROM metric_points WHERE run_id IN {ids:Array(String)}'; "
             "print(json.dumps(Store(sys.argv[1]).query_rows(sql, {'ids': json.loads(sys.argv[2])})[0]))"
         )
@@ -239,7 +239,7 @@ def shard_point_keys(engine: Path, run_ids: list[str], metrics: int, steps: int)
         ids_path = Path(tmp) / "ids.json"
         ids_path.write_text(json.dumps(run_ids))
         code = (
-            "import json, sys; import numpy as np; from processor.store import Store; from bench.common import point_keys; "
+            "import json, sys; import numpy as np; from runstream.storage.store import Store; from bench.common import point_keys; "
             "ids = json.loads(open(sys.argv[2]).read()); "
             "np.save(sys.argv[5], point_keys(Store(sys.argv[1]), ids, int(sys.argv[3]), int(sys.argv[4])))"
         )

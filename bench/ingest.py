@@ -35,9 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from runstream.ingest.shipper import get_shipper  # noqa: E402
+
 from bench.common import Pipeline, ProcessorProcess, free_port, machine, point_keys, shard_point_keys, union_check  # noqa: E402
-from ingest import Experiment, Run  # noqa: E402
-from ingest.shipper import get_shipper  # noqa: E402
+from runstream import Experiment, Run  # noqa: E402
 from runstream.config import Settings  # noqa: E402
 from runstream.kafka_broker import LocalBroker  # noqa: E402
 
@@ -101,7 +102,7 @@ class _InProcess:
     """The earlier set-up: one Processor on an event loop inside this (the training) process."""
 
     def __init__(self, kafka: str, home: Path) -> None:
-        from processor.store import get_store
+        from runstream.storage.store import get_store
 
         self.pipe = Pipeline(kafka, home=home)
         self.store = get_store(f"chdb://{home / 'inprocess-engine'}")  # one engine per process: the same one every round

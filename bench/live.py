@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def trainers(settings_dict: dict, runs: int, seconds: float, rate: float, ids_q: mp.Queue, start_evt, done_evt) -> None:  # type: ignore[no-untyped-def]
-    from ingest import Experiment
+    from runstream import Experiment
     from runstream.config import Settings
 
     settings = Settings().with_(**settings_dict)
@@ -131,12 +131,12 @@ def main() -> None:
     args = parser.parse_args()
 
     import uvicorn
+    from runstream.api.app import create_app, listen_socket, server_config
+    from runstream.processor.consumer import Processor
 
-    from api.app import create_app, listen_socket, server_config
     from bench.common import Pipeline, free_port, machine
-    from processor.consumer import Processor
-    from processor.store import get_store
     from runstream.server import tune_gc
+    from runstream.storage.store import get_store
 
     pipe = Pipeline(args.kafka)
     store = get_store(f"chdb://{pipe.home / 'clickhouse'}")

@@ -150,7 +150,7 @@ class InProcessProcessor:
     def __init__(self, settings: Any, store: Any, loop: Any) -> None:
         import asyncio
 
-        from processor.consumer import Processor
+        from runstream.processor.consumer import Processor
 
         self.store, self.loop, self.topic = store, loop, settings.events_topic
         self.proc = Processor(settings, store)
@@ -182,10 +182,10 @@ def bench_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], di
     sys.path.insert(0, str(ROOT))
     import asyncio
 
-    from ingest import Experiment
-    from processor.store import get_store
+    from runstream import Experiment
     from runstream.config import Settings
     from runstream.kafka_broker import LocalBroker
+    from runstream.storage.store import get_store
 
     versions = {"runstream": pkg_version("runstream"), "chdb-core": pkg_version("chdb-core"), "aiokafka": pkg_version("aiokafka")}
     try:  # the code measured: commit, and whether the client or processor had uncommitted edits

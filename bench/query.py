@@ -35,7 +35,7 @@ import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from processor.store import Store, get_store  # noqa: E402
+from runstream.storage.store import Store, get_store  # noqa: E402
 
 BAR_MS = 500.0
 PROJECT = "bench"
@@ -179,8 +179,8 @@ def main() -> None:
     print(f"points stored: {store.query_rows('SELECT count() FROM metric_points')[0][0]:,}")
 
     from fastapi.testclient import TestClient
+    from runstream.api.app import create_app
 
-    from api.app import create_app
     from runstream.config import Settings
 
     app = create_app(Settings().with_(home=args.data, clickhouse=store.dsn, api_key=None), store)

@@ -1,6 +1,6 @@
 """The runstream client: log from a training script to Kafka without blocking.
 
-    from ingest import Experiment, Run
+    from runstream import Experiment, Run
     run = Experiment("sweep").start_logging()
     run.log("loss", 0.25)
 
@@ -10,6 +10,6 @@ checks that make invalid input raise at once, `reader` the HTTP reads
 (`get_metrics` and friends).
 """
 
-from ingest.run import Experiment, Run
+from runstream.ingest.run import Experiment, Run
 
 __all__ = ["Experiment", "Run"]

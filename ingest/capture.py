@@ -13,7 +13,7 @@ import threading
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ingest.run import Run
+    from runstream.ingest.run import Run
 
 _lock = threading.Lock()
 _owner: Run | None = None

@@ -1,6 +1,6 @@
 """Client helper for `POST /api/v1/query`: read-only SQL over the documented views.
 
-    from ingest.query import query
+    from runstream.ingest.query import query
     df = query("SELECT run_id, last FROM metric_summaries WHERE metric = 'loss' ORDER BY last LIMIT 5")
 
 Returns a pandas DataFrame when pandas is installed, else a list of dicts. The

@@ -13,7 +13,7 @@ from runstream.config import Settings
 from runstream.wire import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
-    from ingest.run import Run
+    from runstream.ingest.run import Run
 
 
 class ApiError(RuntimeError):

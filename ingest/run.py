@@ -16,9 +16,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from ingest import capture
-from ingest.shipper import Shipper, get_shipper
-from ingest.values import InvalidInput, check_name, coerce_scalar_text, coerce_value
+from runstream.ingest import capture
+from runstream.ingest.shipper import Shipper, get_shipper
+from runstream.ingest.values import InvalidInput, check_name, coerce_scalar_text, coerce_value
+
 from runstream.config import Settings
 from runstream.wire import MAX_LOG_LINE, PACKED_DTYPES, TERMINAL_STATUSES, WIRE_VERSION, pack
 
@@ -417,7 +418,7 @@ class Run:
 
     # --- files (bytes go to the api; the reference goes over Kafka) ---
     def upload_file(self, name: str, path_or_stream: str | os.PathLike[str] | IO[bytes]) -> None:
-        from ingest.reader import upload_artifact
+        from runstream.ingest.reader import upload_artifact
 
         check_name(name, "file name")
         if isinstance(path_or_stream, (str, os.PathLike)):
@@ -440,7 +441,7 @@ class Run:
 
     def log_image(self, name: str, path: str | os.PathLike[str] | None = None, plot: Any = None, description: str = "") -> None:
         """An image file, or a matplotlib figure (or pyplot) rendered to PNG."""
-        from ingest.reader import upload_artifact
+        from runstream.ingest.reader import upload_artifact
 
         check_name(name, "image name")
         if (path is None) == (plot is None):
@@ -517,12 +518,12 @@ class Run:
     # --- reading back (through the api) ---
     def get_metrics(self, name: str | None = None, *, wait: float = 30.0) -> dict[str, Any]:
         """Every metric: a name logged once maps to its value, else to the list of values."""
-        from ingest.reader import fetch_metrics
+        from runstream.ingest.reader import fetch_metrics
 
         return fetch_metrics(self, name=name, wait=wait)
 
     def get_file_names(self) -> list[str]:
-        from ingest.reader import fetch_file_names
+        from runstream.ingest.reader import fetch_file_names
 
         return fetch_file_names(self)
 
@@ -530,12 +531,12 @@ class Run:
         return f"{self.settings.api.rstrip('/')}/#/runs/{self.id}"
 
     def get_details(self) -> dict[str, Any]:
-        from ingest.reader import fetch_run
+        from runstream.ingest.reader import fetch_run
 
         return fetch_run(self)
 
     def wait_for_completion(self, show_output: bool = False, *, poll: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
-        from ingest.reader import wait_for_completion
+        from runstream.ingest.reader import wait_for_completion
 
         return wait_for_completion(self, show_output=show_output, poll=poll, timeout=timeout)
 

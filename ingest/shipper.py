@@ -29,13 +29,14 @@ from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
+from runstream.ingest.spool import Spool
 
-from ingest.spool import Spool
+from runstream import kafka
 from runstream.config import Settings
 from runstream.wire import encode
 
 if TYPE_CHECKING:
-    from ingest.run import Run
+    from runstream.ingest.run import Run
 
 log = logging.getLogger("runstream.client")
 
@@ -159,15 +160,7 @@ class Shipper:
     # --- the shipper thread ---
     async def _ensure_producer(self) -> AIOKafkaProducer:
         if self._producer is None:
-            producer = AIOKafkaProducer(
-                bootstrap_servers=self.settings.kafka,
-                enable_idempotence=True,
-                compression_type=self.settings.kafka_compression,
-                linger_ms=10,
-                max_batch_size=1024 * 1024,
-                max_request_size=8 * 1024 * 1024,
-                request_timeout_ms=15_000,
-            )
+            producer = kafka.client_producer(self.settings)
             await producer.start()
             self._producer = producer
             if self._warned_down:

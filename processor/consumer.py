@@ -23,22 +23,23 @@ from typing import Any
 import orjson
 import pyarrow as pa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import NewTopic
 from aiokafka.errors import IllegalStateError, TopicAlreadyExistsError
+from runstream.processor import batch as batching
+from runstream.processor.live import RunKey, build_updates
+from runstream.processor.runstate import RUN_COLUMNS, RunState, apply
+from runstream.processor.seen import SeenIds
 
-from processor import batch as batching
-from processor.live import RunKey, build_updates
-from processor.runstate import RUN_COLUMNS, RunState, apply
-from processor.schema import WATERMARKED_TABLES
-from processor.seen import SeenIds
-from processor.store import Store
+from runstream import kafka
 from runstream.config import Settings
+from runstream.live import ORIGIN_HEADER, LiveUpdate
+from runstream.storage.schema import WATERMARKED_TABLES
+from runstream.storage.store import Store
 from runstream.wire import WireError, decode, validate
 
 log = logging.getLogger("runstream.processor")
 
 MAX_RUN_CACHE = 100_000
-ORIGIN_HEADER = "runstream-origin"  # on live messages: the processor instance that published them
 LOADED_POINTS = 20_000  # a batch this large means a heavy stream (a live one at 20,000 points/s makes ~1,000): batch less often
 PAUSE_S = 0.04  # a poll this long with nothing new: the stream paused, write now
 MAX_BATCH_BYTES = 2_500_000  # ~250,000 points of packed rows frames (8-12 bytes a point on the wire)
@@ -72,7 +73,7 @@ class ProcessorStats:
 
 async def ensure_topics(settings: Settings) -> None:
     """Create the pipeline's topics if missing (idempotent)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka)
+    admin = kafka.admin_client(settings.kafka)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -200,25 +201,14 @@ class Processor:
         # then skips this processor's messages on the live topic: no JSON and Kafka round trip
         # on the way to its browsers. Other api instances read the topic as before.
         self.origin = uuid.uuid4().hex.encode()
-        self.live_sinks: list[Callable[[list[dict[str, Any]]], None]] = []
+        self.live_sinks: list[Callable[[list[LiveUpdate]], None]] = []
 
     # --- lifecycle ---
     async def start(self) -> None:
         await ensure_topics(self.settings)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka, linger_ms=5, compression_type=self.settings.kafka_compression, max_request_size=8 * 1024 * 1024
-        )
+        self._producer = kafka.processor_producer(self.settings)
         await self._producer.start()
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.kafka,
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_partition_fetch_bytes=8 * 1024 * 1024,
-            fetch_max_wait_ms=20,
-            session_timeout_ms=10_000,
-            heartbeat_interval_ms=1_000,
-        )
+        self._consumer = kafka.processor_consumer(self.settings, self.group_id)
         self._consumer.subscribe([self.settings.events_topic], listener=_Rebalance(self))
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="runstream-processor")
@@ -780,7 +770,7 @@ class Processor:
             await self._producer.send_and_wait(self.settings.deadletter_topic, payload, key=msg.key)
             self._dead_lettered[key] = msg.offset  # once sent: a send that failed is tried again on a re-read
 
-    def _live_updates(self, batch: _Prepared) -> list[dict[str, Any]] | None:
+    def _live_updates(self, batch: _Prepared) -> list[LiveUpdate] | None:
         try:
             touched = {(e["project"], e["run"]) for e in batch.events} | set(batch.status_changes)
             experiments = {key: self.runs[key].experiment for key in touched if key in self.runs}
@@ -789,7 +779,7 @@ class Processor:
             log.warning("live update not built: %r", exc)
             return None
 
-    async def _publish_live(self, updates: list[dict[str, Any]]) -> None:
+    async def _publish_live(self, updates: list[LiveUpdate]) -> None:
         assert self._producer is not None
         try:
             now = time.time()  # the updates were built before the write ended: stamp them as they go

@@ -13,19 +13,17 @@ import time
 from typing import Any
 
 import numpy as np
+from runstream.processor.batch import MetricGroups, metric_groups
 
-from processor.batch import MetricGroups, metric_groups
+from runstream.live import LIVE_LOG_LINES, LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS, LiveUpdate, MetricSlot, update_for
 
 RunKey = tuple[str, str]  # (project, run id)
 
-LIVE_POINTS_PER_METRIC = 64  # a slot with more points is truncated: the dashboard refetches the series
-LIVE_TAIL_POINTS = 16  # the newest points a truncated slot still carries (sparklines, last values)
-LIVE_LOG_LINES = 200
 SMALL_BATCH = 2048  # points in a batch below which plain Python is faster than numpy
 _INF = float("inf")
 
 
-def _small_points(metrics: dict[str, Any], evs: list[dict[str, Any]]) -> None:
+def _small_points(metrics: dict[str, MetricSlot], evs: list[dict[str, Any]]) -> None:
     # Plain Python beats numpy's per-call overhead on the few points of a live run's batch.
     for ev in evs:
         names = ev["names"]
@@ -47,7 +45,7 @@ def _small_points(metrics: dict[str, Any], evs: list[dict[str, Any]]) -> None:
             slot["n"] += 1
 
 
-def _group_points(per_run: dict[RunKey, dict[str, Any]], groups: MetricGroups) -> None:
+def _group_points(per_run: dict[RunKey, LiveUpdate], groups: MetricGroups) -> None:
     """Per (run, metric) the count, the finite min/max and the newest points, from the
     rows the batch wrote (sorted by group, then step): reductions over contiguous
     stretches, no sort; Python touches only the points that go out, once."""
@@ -69,7 +67,7 @@ def _group_points(per_run: dict[RunKey, dict[str, Any]], groups: MetricGroups) -
     at = 0
     for code, (project, run, name) in enumerate(groups.keys):
         k = keep_l[code]
-        slot: dict[str, Any] = {"s": steps[at : at + k], "v": values[at : at + k], "n": counts_l[code]}
+        slot: MetricSlot = {"s": steps[at : at + k], "v": values[at : at + k], "n": counts_l[code]}
         at += k
         if lo_l[code] != _INF:
             slot["min"], slot["max"] = lo_l[code], hi_l[code]
@@ -78,18 +76,17 @@ def _group_points(per_run: dict[RunKey, dict[str, Any]], groups: MetricGroups) -
 
 def build_updates(
     events: list[dict[str, Any]], experiments: dict[RunKey, str], statuses: dict[RunKey, str], groups: MetricGroups | None = None
-) -> list[dict[str, Any]]:
+) -> list[LiveUpdate]:
     """`events` are this batch's newly written events; `statuses` the runs whose status
     changed; runs are keyed by (project, run id). `groups`: the metric rows the batch
     wrote (processor.batch), else they are grouped here."""
-    per_run: dict[RunKey, dict[str, Any]] = {}
+    per_run: dict[RunKey, LiveUpdate] = {}
 
-    def entry(ev: dict[str, Any]) -> dict[str, Any]:
+    def entry(ev: dict[str, Any]) -> LiveUpdate:
         key = (ev["project"], ev["run"])
         item = per_run.get(key)
         if item is None:
-            item = {"type": "update", "run": ev["run"], "project": ev["project"], "experiment": experiments.get(key, "")}
-            per_run[key] = item
+            item = per_run[key] = update_for(ev["project"], ev["run"], experiments.get(key, ""))
         return item
 
     metric_events: dict[RunKey, list[dict[str, Any]]] = {}
@@ -114,7 +111,7 @@ def build_updates(
     elif metric_events:
         _group_points(per_run, groups if groups is not None else metric_groups([ev for evs in metric_events.values() for ev in evs]))
     for key, status in statuses.items():
-        item = per_run.get(key) or {"type": "update", "run": key[1], "project": key[0], "experiment": experiments.get(key, "")}
+        item = per_run.get(key) or update_for(key[0], key[1], experiments.get(key, ""))
         item["status"] = status
         per_run[key] = item
     now = time.time()

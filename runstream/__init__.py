@@ -1,9 +1,36 @@
-"""runstream: shared plumbing for the pipeline.
+"""runstream: an event-streaming metrics pipeline for ML training runs.
 
-Owns what every component agrees on: configuration (`config`), the wire format
-(`wire`), the local development Kafka broker (`kafka_broker`) and the
-`runstream` command line (`cli`). The client lives in `ingest`, the consumer
-and storage in `processor`, the HTTP/WebSocket service in `api`.
+    from runstream import Experiment, Run
+    run = Experiment("sweep").start_logging()
+    run.log("loss", 0.25)
+
+One import name, in layers (kept by the import-linter contracts in pyproject.toml):
+- the core, this package's own modules: configuration (`config`), the wire format
+  and the validated event (`wire`, `events`), the live update (`live`), the error
+  tree (`errors`), Kafka client construction (`kafka`);
+- `runstream.ingest`, the client a training script imports (on the core only);
+- `runstream.storage`, the ClickHouse client and schema (on the core);
+- `runstream.processor` and `runstream.api`, the server (on storage and the core);
+- the composition root above all: the command line (`cli`), `up` (`server`), the demo.
+
+`pip install runstream` installs the client; `runstream[server]` adds the rest.
 """
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+__all__ = ["Experiment", "Run", "__version__"]
+
+if TYPE_CHECKING:
+    from runstream.ingest.run import Experiment, Run
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: `import runstream.storage` or the CLI's `--version` need not load the Kafka client.
+    if name in ("Experiment", "Run"):
+        from runstream.ingest import run
+
+        return getattr(run, name)
+    raise AttributeError(f"module 'runstream' has no attribute {name!r}")

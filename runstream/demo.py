@@ -7,7 +7,7 @@ import random
 import threading
 import time
 
-from ingest import Experiment
+from runstream import Experiment
 from runstream.config import Settings
 
 

@@ -79,9 +79,9 @@ def port_open(host: str, port: int) -> bool:
 
 
 async def _answers(bootstrap: str, timeout: float) -> bool:
-    from aiokafka.admin import AIOKafkaAdminClient
+    from runstream import kafka
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    admin = kafka.admin_client(bootstrap, timeout)
     try:
         await asyncio.wait_for(admin.start(), timeout)
         await asyncio.wait_for(admin.list_topics(), timeout)

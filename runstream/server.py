@@ -43,8 +43,8 @@ async def serve(
     demo: dict[str, Any] | None = None,
     metrics_port: int | None = None,
 ) -> None:
-    from processor.consumer import Processor
-    from processor.store import get_store
+    from runstream.processor.consumer import Processor
+    from runstream.storage.store import get_store
 
     store = get_store(settings.clickhouse_dsn)
     proc = None
@@ -55,14 +55,14 @@ async def serve(
         if metrics_port:
             from prometheus_client import start_http_server
 
-            from api.metrics import registry_for
+            from runstream.api.metrics import registry_for
 
             start_http_server(metrics_port, addr="127.0.0.1", registry=registry_for(proc))
             log.info("Prometheus metrics at http://127.0.0.1:%d/metrics", metrics_port)
     stop_demo = threading.Event()
     try:
         if api:
-            from api.app import create_app, listen_socket, server_config
+            from runstream.api.app import create_app, listen_socket, server_config
 
             app = create_app(settings, store, proc)
             tune_gc()

@@ -19,11 +19,11 @@ from typing import Any, TypeVar
 
 import pytest
 import uvicorn
+from runstream.processor.consumer import Processor
 
-from processor.consumer import Processor
-from processor.store import Store, get_store
 from runstream.config import Settings
 from runstream.kafka_broker import LocalBroker, broker_answers
+from runstream.storage.store import Store, get_store
 
 T = TypeVar("T")
 
@@ -111,7 +111,7 @@ class Stack:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def start(self) -> None:
-        from api.app import create_app, listen_socket, server_config
+        from runstream.api.app import create_app, listen_socket, server_config
 
         self.processor = Processor(self.settings, self.store)
         self.run(self.processor.start())

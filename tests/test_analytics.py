@@ -20,13 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
+from runstream.api.app import create_app
+from runstream.api.sql_guard import Limits, QueryRefused, SqlEngine
+from runstream.api.sql_views import scope_database
 
-from api.app import create_app
-from api.sql_guard import Limits, QueryRefused, SqlEngine
-from api.sql_views import scope_database
-from processor.schema import SUMMARIES_FROM_POINTS
-from processor.store import Store
 from runstream.config import Settings
+from runstream.storage.schema import SUMMARIES_FROM_POINTS
+from runstream.storage.store import Store
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
 
@@ -435,7 +435,7 @@ def test_query_project_scope(store: Store, client: TestClient, sql_data: Fixture
 
 def test_engine_layers_refuse_without_the_lexer(store: Store, client: TestClient, sql_data: Fixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Defence in depth: with the text pre-filter switched off, ClickHouse's parser, analyser and readonly still refuse."""
-    import api.sql_guard as guard
+    import runstream.api.sql_guard as guard
 
     monkeypatch.setattr(guard, "scan", lambda sql: sql.strip())
     before = storage_fingerprint(store, sql_data.project)
@@ -451,8 +451,7 @@ def test_engine_layers_refuse_without_the_lexer(store: Store, client: TestClient
 
 def test_client_query_helper(client: TestClient, sql_data: Fixture) -> None:
     import pandas as pd
-
-    from ingest.query import QueryError, query
+    from runstream.ingest.query import QueryError, query
 
     sql = f"SELECT run_id, count FROM metric_summaries WHERE project = '{sql_data.project}' AND metric = 'mse' ORDER BY run_id"
     frame = query(sql, client=client)

@@ -20,10 +20,10 @@ import pytest
 import uvicorn
 import websockets
 from fastapi.testclient import TestClient
+from runstream.api.app import create_app, server_config
 from starlette.websockets import WebSocketDisconnect
 
-from api.app import create_app, server_config
-from ingest import Experiment
+from runstream import Experiment
 from runstream.keys import KeyStore
 from tests.conftest import Stack, free_port, wait_until
 

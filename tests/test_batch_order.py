@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+from runstream.processor import batch as batching
+from runstream.processor.batch import Record, build
 
-from processor import batch as batching
-from processor.batch import Record, build
-from processor.store import Store
+from runstream.storage.store import Store
 from runstream.wire import validate
 
 Row = tuple[str, str, str, int, str, str, int, str, int, int]
@@ -196,7 +196,7 @@ def test_summary_rows_merge_to_what_the_engine_computes_from_the_points(store: S
     """The processor's partial summary rows (processor/batch.py), merged by the engine, equal
     the summaries computed in SQL from the stored points: across batches, partitions, steps
     out of order and repeated, strings and non-finite values."""
-    from api.queries import SUMMARY_SELECT
+    from runstream.api.queries import SUMMARY_SELECT
 
     rng = np.random.default_rng(11)
     topic = f"summaries-{uuid.uuid4().hex[:8]}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ingest import Experiment
+from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
 

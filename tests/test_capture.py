@@ -8,7 +8,7 @@ import threading
 import httpx
 import pytest
 
-from ingest import Experiment
+from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
 

@@ -10,12 +10,12 @@ import time
 from pathlib import Path
 
 import pytest
+from runstream.ingest.shipper import Shipper
+from runstream.processor.consumer import Processor
 
-from ingest import Experiment, Run
-from ingest.shipper import Shipper
-from processor.consumer import Processor
-from processor.store import Store
+from runstream import Experiment, Run
 from runstream.kafka_broker import LocalBroker
+from runstream.storage.store import Store
 from tests.conftest import Stack, free_port, new_settings, wait_until
 
 
@@ -82,7 +82,7 @@ def test_events_spooled_at_exit_are_replayed_by_the_next_process(outage_broker, 
     broker.stop()
     script = textwrap.dedent(
         f"""
-        from ingest import Experiment
+        from runstream import Experiment
         from runstream.config import Settings
         from pathlib import Path
         settings = Settings().with_(home=Path({str(home)!r}), kafka={bootstrap!r}, topic_prefix={settings.topic_prefix!r})

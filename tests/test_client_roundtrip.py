@@ -7,9 +7,9 @@ import threading
 
 import numpy as np
 import pytest
+from runstream.ingest.values import InvalidInput
 
-from ingest import Experiment, Run
-from ingest.values import InvalidInput
+from runstream import Experiment, Run
 from runstream.config import Settings
 from tests.conftest import Stack, wait_until
 

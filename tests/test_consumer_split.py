@@ -5,8 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
-
-from processor.consumer import _split
+from runstream.processor.consumer import _split
 
 
 @dataclass

@@ -9,11 +9,11 @@ import time
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from runstream.processor.consumer import Processor
 
-from ingest import Experiment
-from processor.consumer import Processor
-from processor.store import Store
+from runstream import Experiment
 from runstream.config import Settings
+from runstream.storage.store import Store
 from tests.conftest import Stack, new_settings, wait_until
 
 

@@ -7,12 +7,12 @@ import uuid
 from typing import Any
 
 from aiokafka import TopicPartition
+from runstream.processor.consumer import Processor
 
-from ingest import Experiment
-from processor.consumer import Processor
-from processor.schema import WATERMARKED_TABLES
-from processor.store import Store
+from runstream import Experiment
 from runstream.config import Settings
+from runstream.storage.schema import WATERMARKED_TABLES
+from runstream.storage.store import Store
 from tests.conftest import Stack, new_settings, wait_until
 
 

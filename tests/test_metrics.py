@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from ingest import Experiment
+from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from ingest import Experiment
+from runstream import Experiment
 from tests.conftest import free_port, new_settings, wait_until
 
 

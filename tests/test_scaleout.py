@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from ingest import Experiment, Run
+from runstream import Experiment, Run
 from runstream.config import Settings
 from tests.conftest import free_port, new_settings, wait_until
 
@@ -107,7 +107,7 @@ def spawn(tmp_path: Path) -> Iterator[Callable[[str, Settings, str], Instance]]:
 def shard_points(engine: Path, run_ids: list[str]) -> list[list[Any]]:
     """(run_id, metric, step, value) rows of a stopped instance's engine, read in a process of its own."""
     code = (
-        "import json, sys; from processor.store import Store; "
+        "import json, sys; from runstream.storage.store import Store; "
         "rows = Store(sys.argv[1]).query_rows("
         "'SELECT run_id, metric, step, value FROM metric_points WHERE run_id IN {ids:Array(String)}', {'ids': json.loads(sys.argv[2])}); "
         "print(json.dumps([list(r) for r in rows]))"

@@ -13,7 +13,7 @@ from pathlib import Path
 SCRIPT = r"""
 import json, sys
 import clickhouse_connect
-from processor import schema
+from runstream.storage import schema
 
 client = clickhouse_connect.get_client(dsn="chdb://" + sys.argv[1])
 full = list(schema.MIGRATIONS)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from processor.seen import SeenIds
+from runstream.processor.seen import SeenIds
 
 
 def test_in_order_ids_collapse_to_one_floor_per_session() -> None:

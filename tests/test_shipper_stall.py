@@ -9,10 +9,10 @@ import weakref
 from typing import Any
 
 import pytest
+import runstream.ingest.shipper as shipper_module
+from runstream.ingest.run import Experiment, Run
+from runstream.ingest.shipper import Shipper
 
-import ingest.shipper as shipper_module
-from ingest.run import Experiment, Run
-from ingest.shipper import Shipper
 from runstream.config import Settings
 from tests.conftest import NullShipper
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import numpy as np
 import pytest
+from runstream.ingest.run import Experiment, Run
+from runstream.ingest.values import InvalidInput
+from runstream.processor.live import build_updates
 
-from ingest.run import Experiment, Run
-from ingest.values import InvalidInput
-from processor.live import LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS, build_updates
 from runstream.config import Settings
+from runstream.live import LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS
 from runstream.wire import WireError, pack, validate
 from tests.conftest import NullShipper
 
@@ -114,7 +115,7 @@ def test_bad_rows_frames_are_refused_with_a_reason(rows: Any, message: str) -> N
 
 
 def test_a_long_training_loop_is_sealed_into_bounded_events_of_frames() -> None:
-    from ingest.run import EVENT_POINTS
+    from runstream.ingest.run import EVENT_POINTS
 
     exp = Experiment("unit", settings=Settings().with_(kafka="127.0.0.1:9"))
     run = Run(exp, shipper=NullShipper())  # type: ignore[arg-type]
@@ -191,8 +192,8 @@ def test_producer_compression_is_none_on_this_host_and_lz4_across_a_network() ->
 
 
 def test_vectorised_live_points_match_the_plain_python_path() -> None:
-    from processor.batch import metric_groups
-    from processor.live import _group_points, _small_points
+    from runstream.processor.batch import metric_groups
+    from runstream.processor.live import _group_points, _small_points
 
     rng = np.random.default_rng(7)
     events: dict[tuple[str, str], list[dict[str, Any]]] = {}

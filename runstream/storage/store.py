@@ -21,7 +21,7 @@ import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
 
-from processor.schema import migrate
+from runstream.storage.schema import migrate
 
 T = TypeVar("T")
 
