@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 from runstream.api import analytics_queries as aq
-from runstream.api.queries import BadQuery
-from runstream.api.sql_guard import QueryRefused, SqlEngine
+from runstream.api.sql_guard import SqlEngine
 
 from runstream.storage.store import Store
 
@@ -22,10 +21,7 @@ router = APIRouter(prefix="/api/v1", tags=["analytics"])
 
 async def _call(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
     store: Store = request.app.state.store
-    try:
-        return await store.call(fn, store, *args, **kwargs)
-    except BadQuery as exc:
-        raise HTTPException(400, str(exc)) from None
+    return await store.call(fn, store, *args, **kwargs)
 
 
 @router.get("/compare")
@@ -95,10 +91,8 @@ def sql_engine(request: Request) -> SqlEngine:
 @router.post("/query", response_model=None)
 async def query(request: Request, body: SqlRequest) -> Response | dict[str, Any]:
     """Read-only SQL over the documented views, with row, read and time limits."""
-    try:
-        result = await sql_engine(request).arun(body.sql, request.state.project, body.format, body.max_rows, body.timeout_s)
-    except QueryRefused as exc:
-        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+    # A QueryRefused answers with its status through api.app's ApiError handler.
+    result = await sql_engine(request).arun(body.sql, request.state.project, body.format, body.max_rows, body.timeout_s)
     headers = {"X-Row-Count": str(result.json()["row_count"]), "X-Truncated": str(result.truncated).lower()}
     if body.format == "csv":
         return Response(result.body or b"", media_type="text/csv; charset=utf-8", headers=headers)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from runstream.api.queries import SUMMARY_SELECT, SUMMARY_STATS, BadQuery, _scope, clean, run_row_to_json
+from runstream.api.queries import SUMMARY_SELECT, SUMMARY_STATS, BadRequest, _scope, clean, run_row_to_json
 
 from runstream.storage.store import Store
 
@@ -29,9 +29,9 @@ def split_csv(text: str | None) -> list[str]:
 
 def compare(store: Store, project: str | None, runs: list[str], metrics: list[str]) -> dict[str, Any]:
     if not runs or not metrics:
-        raise BadQuery("both `runs` and `metrics` must name at least one item")
+        raise BadRequest("both `runs` and `metrics` must name at least one item")
     if len(runs) > MAX_COMPARE_RUNS or len(metrics) > MAX_COMPARE_METRICS:
-        raise BadQuery(f"at most {MAX_COMPARE_RUNS} runs and {MAX_COMPARE_METRICS} metrics per comparison")
+        raise BadRequest(f"at most {MAX_COMPARE_RUNS} runs and {MAX_COMPARE_METRICS} metrics per comparison")
     params: dict[str, Any] = {"runs": runs, "metrics": metrics}
     scope = _scope(project, params)
     info = {
@@ -68,9 +68,9 @@ def leaderboard(
     store: Store, project: str | None, metric: str, mode: str = "min", stat: str = "last", limit: int = 10, experiment: str | None = None
 ) -> dict[str, Any]:
     if mode not in ("min", "max"):
-        raise BadQuery("mode must be min or max")
+        raise BadRequest("mode must be min or max")
     if stat not in SUMMARY_STATS:
-        raise BadQuery(f"stat must be one of {', '.join(SUMMARY_STATS)}")
+        raise BadRequest(f"stat must be one of {', '.join(SUMMARY_STATS)}")
     params: dict[str, Any] = {"metric": metric, "limit": limit}
     scope = _scope(project, params)
     run_filter = ""
@@ -120,7 +120,7 @@ def _group_key(group_by: str | None, params: dict[str, Any]) -> str:
         return "experiment"
     kind, _, key = group_by.partition(".")
     if kind not in ("tag", "param") or not key:
-        raise BadQuery("group_by must be tag.<key>, param.<key>, experiment or none")
+        raise BadRequest("group_by must be tag.<key>, param.<key>, experiment or none")
     params["group_key"] = key
     return f"{'tags' if kind == 'tag' else 'params'}[{{group_key:String}}]"
 
@@ -147,9 +147,9 @@ def aggregate(
     one step contributes their mean.
     """
     if experiment is None and not runs:
-        raise BadQuery("give `experiment` or `runs` (or both)")
+        raise BadRequest("give `experiment` or `runs` (or both)")
     if not 1 <= max_points <= MAX_AGGREGATE_POINTS:
-        raise BadQuery(f"max_points must be between 1 and {MAX_AGGREGATE_POINTS}")
+        raise BadRequest(f"max_points must be between 1 and {MAX_AGGREGATE_POINTS}")
     params: dict[str, Any] = {}
     key = _group_key(group_by, params)
     where = [_scope(project, params)]
@@ -158,7 +158,7 @@ def aggregate(
         where.append("experiment = {experiment:String}")
     if runs:
         if len(runs) > 100_000:
-            raise BadQuery("at most 100000 runs")
+            raise BadRequest("at most 100000 runs")
         params["runs"] = runs
         where.append("run_id IN {runs:Array(String)}")
     members = store.query_rows(f"SELECT project, run_id, {key} AS key FROM runs FINAL WHERE {' AND '.join(where)}", params)

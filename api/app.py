@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -20,6 +20,7 @@ from runstream.api import analytics, auth, gateway, live, metrics, routes_runs
 from runstream.api.artifacts import LocalArtifactStore
 
 from runstream.config import Settings
+from runstream.errors import ApiError
 from runstream.keys import KeyStore
 from runstream.storage.store import Store
 
@@ -124,6 +125,11 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     @app.get("/metrics", tags=["ops"], response_class=Response)
     async def prometheus_metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        # One place turns the error tree into HTTP: the status travels with the error.
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status)
 
     app.include_router(gateway.router)
     app.include_router(routes_runs.router)

@@ -23,6 +23,7 @@ from runstream.api import queries
 
 from runstream import kafka
 from runstream.config import Settings
+from runstream.errors import NotFound
 from runstream.live import ORIGIN_HEADER
 from runstream.storage.store import Store
 
@@ -350,7 +351,7 @@ class LiveHub:
         if target[0] == "run":
             try:
                 run = queries.run_state(self.store, target[1], project)
-            except queries.NotFound:
+            except NotFound:
                 return []
             return [{k: run[k] for k in ("id", "name", "experiment", "project", "status", "last_seen", "created_at", "ended_at", "metrics", "tags")}]
         listing = queries.list_runs(self.store, project, experiment=target[1], order_by="-created_at", limit=SNAPSHOT_RUNS)

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from runstream.errors import BadRequest, NotFound
 from runstream.storage.store import Store
 
 RUN_FIELDS = "project, run_id, experiment, name, parent_id, status, error, created_at, ended_at, last_seen, tags, params, descriptions"
@@ -20,14 +21,6 @@ SUMMARY_SELECT = (
     "min(min_state) AS min, max(max_state) AS max, "
     "sum(sum_state) / sum(finite_state) AS mean, max(last_step) AS last_step"
 )
-
-
-class NotFound(LookupError):
-    pass
-
-
-class BadQuery(ValueError):
-    pass
 
 
 def clean(x: Any) -> Any:
@@ -276,7 +269,7 @@ def list_runs(
         metric, _, stat = key[len("metric.") :].partition(":")
         stat = stat or "last"
         if stat not in SUMMARY_STATS:
-            raise BadQuery(f"order_by statistic must be one of {', '.join(SUMMARY_STATS)}")
+            raise BadRequest(f"order_by statistic must be one of {', '.join(SUMMARY_STATS)}")
         params["order_metric"] = metric
         join = (
             f" LEFT JOIN (SELECT project, run_id, {SUMMARY_SELECT} FROM metric_summaries "
@@ -287,7 +280,7 @@ def list_runs(
     elif key in ORDERABLE:
         order = f"r.{key} {'DESC' if desc else 'ASC'}, r.run_id"
     else:
-        raise BadQuery(f"order_by must be one of {', '.join(sorted(ORDERABLE))} or metric.<name>[:stat], optionally prefixed by '-'")
+        raise BadRequest(f"order_by must be one of {', '.join(sorted(ORDERABLE))} or metric.<name>[:stat], optionally prefixed by '-'")
 
     fields = ", ".join(f"r.{f.strip()} AS {f.strip()}" for f in RUN_FIELDS.split(","))
     base = f"FROM (SELECT * FROM runs FINAL) AS r{join} WHERE {' AND '.join(where)}"

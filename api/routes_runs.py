@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from runstream.api import queries
 from runstream.api.artifacts import LocalArtifactStore
 
+from runstream.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from runstream.storage.store import Store
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
@@ -20,12 +21,8 @@ def _store(request: Request) -> Store:
 
 
 async def _call(request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    try:
-        return await _store(request).call(fn, _store(request), *args, **kwargs)
-    except queries.NotFound as exc:
-        raise HTTPException(404, str(exc)) from None
-    except queries.BadQuery as exc:
-        raise HTTPException(400, str(exc)) from None
+    # An ApiError (NotFound, BadRequest) raised by the query answers with its status (api.app).
+    return await _store(request).call(fn, _store(request), *args, **kwargs)
 
 
 @router.get("/experiments")
@@ -103,7 +100,7 @@ async def run_table(request: Request, run_id: str, name: str) -> dict[str, Any]:
         proj = queries.run_project(store, run_id, project)
         tables = queries.get_tables(store, run_id, proj, name)
         if name not in tables:
-            raise queries.NotFound(f"table {name!r} not found in run {run_id!r}")
+            raise NotFound(f"table {name!r} not found in run {run_id!r}")
         columns = tables[name]
         return {"run": run_id, "name": name, "columns": columns, "rows": max((len(v) for v in columns.values()), default=0)}
 
@@ -130,9 +127,9 @@ async def run_file(request: Request, run_id: str, path: str) -> FileResponse:
     try:
         target = artifacts.open_path(project, run_id, path)
     except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise BadRequest(str(exc)) from None
     if target is None:
-        raise HTTPException(404, f"file {path!r} not found in run {run_id!r}")
+        raise NotFound(f"file {path!r} not found in run {run_id!r}")
     return FileResponse(target)
 
 
@@ -140,12 +137,12 @@ async def run_file(request: Request, run_id: str, path: str) -> FileResponse:
 async def upload_file(request: Request, run_id: str, path: str, project: str | None = None) -> dict[str, Any]:
     scope = request.state.project
     if scope is not None and project not in (None, scope):
-        raise HTTPException(403, f"this API key may only write to project {scope!r}")
+        raise Forbidden(f"this API key may only write to project {scope!r}")
     body = await request.body()
     if len(body) > request.app.state.max_upload_bytes:
-        raise HTTPException(413, f"file of {len(body)} bytes exceeds the {request.app.state.max_upload_bytes}-byte limit")
+        raise PayloadTooLarge(f"file of {len(body)} bytes exceeds the {request.app.state.max_upload_bytes}-byte limit")
     artifacts: LocalArtifactStore = request.app.state.artifacts
     try:
         return artifacts.put(scope or project or request.app.state.settings.project, run_id, path, body)
     except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+        raise BadRequest(str(exc)) from None

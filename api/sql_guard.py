@@ -41,6 +41,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from runstream.api.sql_views import ALL_PROJECTS_DB, VIEWS, ViewRegistry
 
+from runstream.errors import BadRequest
 from runstream.storage.store import Store
 
 # Functions that reach outside the views: files, dictionaries, Join tables,
@@ -67,12 +68,9 @@ ALLOWED_SYSTEM_TABLES = {"system.one"}  # what a SELECT without FROM reads
 FORMATS = ("json", "csv", "parquet")
 
 
-class QueryRefused(ValueError):
-    """The query is not allowed; `status` is the HTTP status to answer with."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
+class QueryRefused(BadRequest):
+    """The query is not allowed; `status` is the HTTP status to answer with (400, or 403
+    for what the guard forbids)."""
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,14 @@ from typing import Any
 import httpx
 
 from runstream.config import Settings
+from runstream.errors import ApiError
 
 
-class QueryError(RuntimeError):
+class QueryError(ApiError):
     """The api refused or failed the query; `status` is its HTTP status."""
 
     def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"{status}: {message}")
-        self.status = status
+        super().__init__(f"{status}: {message}", status)
 
 
 def query(

@@ -10,14 +10,11 @@ from urllib.parse import quote
 import httpx
 
 from runstream.config import Settings
+from runstream.errors import ApiError
 from runstream.wire import TERMINAL_STATUSES
 
 if TYPE_CHECKING:
     from runstream.ingest.run import Run
-
-
-class ApiError(RuntimeError):
-    pass
 
 
 def _client(settings: Settings) -> httpx.Client:
@@ -29,7 +26,7 @@ def _get(settings: Settings, path: str, **params: Any) -> Any:
     with _client(settings) as client:
         response = client.get(path, params={k: v for k, v in params.items() if v is not None})
     if response.status_code >= 400:
-        raise ApiError(f"GET {path} -> {response.status_code}: {response.text[:300]}")
+        raise ApiError(f"GET {path} -> {response.status_code}: {response.text[:300]}", response.status_code)
     return response.json()
 
 
@@ -81,7 +78,7 @@ def upload_artifact(settings: Settings, project: str, run_id: str, path: str, da
             headers={"Content-Type": "application/octet-stream"},
         )
     if response.status_code >= 400:
-        raise ApiError(f"upload of {path!r} failed: {response.status_code}: {response.text[:300]}")
+        raise ApiError(f"upload of {path!r} failed: {response.status_code}: {response.text[:300]}", response.status_code)
     result: dict[str, Any] = response.json()
     return result
 

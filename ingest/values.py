@@ -6,12 +6,13 @@ import math
 import numbers
 from typing import Any
 
+from runstream.errors import InputError
 from runstream.wire import MAX_NAME, MAX_STRING_VALUE
 
 NONFINITE_TOKEN = {math.inf: "inf", -math.inf: "-inf"}
 
 
-class InvalidInput(ValueError):
+class InvalidInput(InputError):
     """A logging call got something it cannot log; the message says what."""
 
 

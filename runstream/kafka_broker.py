@@ -19,12 +19,14 @@ import time
 import uuid
 from pathlib import Path
 
+from runstream.errors import ServiceError
+
 POM = Path(__file__).resolve().parent / "kafka_dist" / "pom.xml"
 KAFKA_VERSION = "4.1.1"
 
 
-class BrokerError(RuntimeError):
-    pass
+class BrokerError(ServiceError):
+    """The local development broker cannot be fetched, started or stopped."""
 
 
 def jars_dir() -> Path:

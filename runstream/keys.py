@@ -25,6 +25,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from runstream.errors import ServiceError
+
 log = logging.getLogger("runstream.keys")
 
 TOKEN_PREFIX = "rs_"
@@ -35,7 +37,7 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
 
 
-class KeyStoreError(RuntimeError):
+class KeyStoreError(ServiceError):
     """The key file exists but is not a valid key list."""
 
 
