@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RUNSTREAM_HOME ?= $(CURDIR)/.runstream
 export RUNSTREAM_KAFKA ?= localhost:9092
 
-.PHONY: up test setup venv dashboard-assets kafka-jars chromium layout-tree lint typecheck bench clean
+.PHONY: up test setup venv dashboard-assets kafka-jars chromium layout-tree lint typecheck bench clean wheelhouse
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -35,8 +35,20 @@ up: setup
 		$(BIN)/runstream kafka start || exit 1; trap '$(BIN)/runstream kafka stop' EXIT INT TERM; $(BIN)/runstream up --demo; \
 	fi
 
-test: setup chromium
+test: setup chromium wheelhouse
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Every wheel the client and server installs and the wheel's build need (setuptools, wheel),
+# from pyproject.toml's lists: tests/test_packaging.py builds and installs runstream with
+# `pip --no-index --find-links` from here, so the test itself never reaches a registry.
+# Remade only when pyproject.toml changes (the stamp); pip's cache makes a remake fast.
+export RUNSTREAM_WHEELHOUSE ?= $(RUNSTREAM_HOME)/wheelhouse
+wheelhouse: $(RUNSTREAM_WHEELHOUSE)/.stamp
+$(RUNSTREAM_WHEELHOUSE)/.stamp: pyproject.toml | $(BIN)/python
+	mkdir -p $(RUNSTREAM_WHEELHOUSE)
+	$(BIN)/python -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb")); print(*p["build-system"]["requires"], "wheel", *p["project"]["dependencies"], *p["project"]["optional-dependencies"]["server"], sep="\n")' > $(RUNSTREAM_WHEELHOUSE)/requirements.txt
+	$(BIN)/pip wheel -q --wheel-dir $(RUNSTREAM_WHEELHOUSE) -r $(RUNSTREAM_WHEELHOUSE)/requirements.txt
+	touch $@
 
 PY_SOURCES := runstream ingest processor api dashboard/__init__.py tests bench setup.py
 

@@ -1,14 +1,32 @@
-"""The `runstream` command line (SPEC: Command line)."""
+"""The `runstream` command line (SPEC: Command line).
+
+It owns parsing, dispatch to the commands, and the check that the server commands
+(`up`, `processor`, `api`) have the server install behind them.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import sys
 from urllib.parse import urlparse
 
 from runstream.config import Settings
+
+# The import names of the `server` extra (pyproject.toml). `pip install runstream` is the
+# client only; the server commands check for these before importing anything of the
+# server, so a client install gets one line saying what to install, not a traceback.
+SERVER_MODULES = ("uvicorn", "fastapi", "starlette", "pydantic", "websockets", "clickhouse_connect", "pyarrow", "prometheus_client")
+
+
+def missing_server_modules(settings: Settings) -> list[str]:
+    """The server extra's modules this install lacks for these settings (chdb only for a chdb:// DSN)."""
+    needed = list(SERVER_MODULES)
+    if settings.clickhouse_dsn.startswith("chdb://"):
+        needed.append("chdb")
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -123,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         ids = run_demo(settings, runs=args.runs, steps=args.steps, pace=args.pace)
         print("\n".join(ids))
         return 0
+    missing = missing_server_modules(settings)
+    if missing:
+        print(f"runstream {args.command} needs the server install: pip install 'runstream[server]' (missing: {', '.join(missing)})", file=sys.stderr)
+        return 2
     from runstream.server import serve
 
     if args.command == "processor" and args.group:
