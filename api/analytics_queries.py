@@ -13,13 +13,13 @@ from typing import Any
 
 from runstream.api.queries import SUMMARY_SELECT, SUMMARY_STATS, BadRequest, _scope, clean, run_row_to_json
 
+from runstream.storage.schema import RUN_FIELDS
 from runstream.storage.store import Store
 
 MAX_COMPARE_RUNS = 1000
 MAX_COMPARE_METRICS = 100
 MAX_AGGREGATE_POINTS = 10_000
 STAT_FIELDS = ("first", "last", "min", "max", "mean", "count", "last_step")
-RUN_COLUMNS = "project, run_id, experiment, name, parent_id, status, error, created_at, ended_at, last_seen, tags, params"
 
 
 def split_csv(text: str | None) -> list[str]:
@@ -90,7 +90,7 @@ def leaderboard(
     info: dict[tuple[str, str], dict[str, Any]] = {}
     if top:
         rows = store.query_dicts(
-            f"SELECT {RUN_COLUMNS} FROM runs FINAL WHERE run_id IN {{ids:Array(String)}} AND project IN {{projects:Array(String)}}",
+            f"SELECT {RUN_FIELDS} FROM runs FINAL WHERE run_id IN {{ids:Array(String)}} AND project IN {{projects:Array(String)}}",
             {"ids": [t["run_id"] for t in top], "projects": sorted({t["project"] for t in top})},
         )
         info = {(r["project"], r["run_id"]): run_row_to_json(r) for r in rows}

@@ -6,6 +6,10 @@ experiment. A subscriber's queue holds at most one pending update per run:
 when the browser reads slowly, new updates merge into the pending one (points
 appended up to a cap, newest status, newest log lines), so memory stays
 bounded, the subscriber gets the latest state, and nobody else waits for it.
+
+The messages are runstream.live's LiveUpdate and frames. They arrive from the
+topic as decoded JSON, so the hub checks their shape as it routes them and
+merges them as plain dicts.
 """
 
 from __future__ import annotations

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.errors import BadRequest, NotFound
+from runstream.storage.schema import RUN_FIELDS
 from runstream.storage.store import Store
 
-RUN_FIELDS = "project, run_id, experiment, name, parent_id, status, error, created_at, ended_at, last_seen, tags, params, descriptions"
 ORDERABLE = {"created_at", "last_seen", "ended_at", "name", "status", "experiment", "run_id"}
 SUMMARY_STATS = ("last", "min", "max", "mean", "count", "first")
 SUMMARY_SELECT = (

@@ -27,6 +27,7 @@ import threading
 
 from runstream.api.queries import SUMMARY_SELECT
 
+from runstream.storage.schema import RUN_FIELDS
 from runstream.storage.store import Store
 
 ALL_PROJECTS_DB = "runstream_sql"
@@ -36,7 +37,7 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # `{where}` is where the scope filter lands; it must come before any GROUP BY.
 VIEW_DEFS: dict[str, tuple[str, str, str]] = {
     "runs": (
-        "project, run_id, experiment, name, parent_id, status, error, created_at, ended_at, last_seen, tags, params, descriptions",
+        RUN_FIELDS,
         "{src}.runs FINAL",
         "",
     ),

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from runstream.storage.schema import RUN_COLUMNS as RUN_COLUMNS  # the row order run_rows follow
 from runstream.wire import TERMINAL_STATUSES
 
 # Persist a row for last_seen alone only this often; status changes are written at once.
@@ -56,24 +57,6 @@ class RunState:
 
 def _dt(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, tz=UTC)
-
-
-RUN_COLUMNS = [
-    "project",
-    "run_id",
-    "experiment",
-    "name",
-    "parent_id",
-    "status",
-    "error",
-    "created_at",
-    "ended_at",
-    "last_seen",
-    "tags",
-    "params",
-    "descriptions",
-    "version",
-]
 
 
 def apply(state: RunState, event: dict[str, Any]) -> str | None:

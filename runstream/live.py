@@ -21,11 +21,12 @@ LIVE_LOG_LINES = 200  # log lines an update carries at most; beyond, `logs_trunc
 
 class MetricSlot(TypedDict):
     """A metric's new points in one update: steps `s`, values `v` (None for a non-finite
-    value), `n` points in all (more than len(s) when truncated), the finite min/max."""
+    value), `n` points in all (more than len(s) when truncated; a compact slot omits it
+    when it is 1), the finite min/max."""
 
     s: list[int]
     v: list[float | None]
-    n: int
+    n: NotRequired[int]
     min: NotRequired[float]
     max: NotRequired[float]
     truncated: NotRequired[bool]
@@ -57,7 +58,8 @@ class LiveUpdate(TypedDict):
     tables: NotRequired[list[str]]
     files: NotRequired[list[FileRef]]
     meta: NotRequired[bool]  # tags, params or the run's start changed: re-read the run
-    compact: NotRequired[bool]  # a coalesced update for a slow subscriber: slots hold only the newest points
+    compact: NotRequired[bool]  # what a runs list needs: each slot holds only the newest point
+    coalesced: NotRequired[bool]  # several updates merged for a subscriber that reads slowly
 
 
 class LiveBatch(TypedDict):

@@ -11,6 +11,27 @@ from typing import Protocol
 
 # Tables written from Kafka carry the message's topic, partition and offset:
 # the per-table maximum offset is the watermark that makes redelivery harmless.
+# The runs table's columns, in insert order (the processor writes whole rows); `version`
+# orders the ReplacingMergeTree's row versions and is no one's to read.
+RUN_COLUMNS: tuple[str, ...] = (
+    "project",
+    "run_id",
+    "experiment",
+    "name",
+    "parent_id",
+    "status",
+    "error",
+    "created_at",
+    "ended_at",
+    "last_seen",
+    "tags",
+    "params",
+    "descriptions",
+    "version",
+)
+# What reads select from runs (the api's run rows and the SQL view `runs`).
+RUN_FIELDS = ", ".join(c for c in RUN_COLUMNS if c != "version")
+
 KAFKA_COLUMNS = """
     kafka_topic LowCardinality(String),
     kafka_partition UInt16,
