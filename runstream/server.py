@@ -16,11 +16,9 @@ from runstream.config import Settings
 log = logging.getLogger("runstream")
 
 # Allocations between young collections. A batch makes tens of thousands of short-lived
-# objects (decoded events, rows, live updates) that live across its write, 100-300 ms:
-# with the default 700 they were collected ~120 times a second, survived into the oldest
-# generation, and its full collections (19 in 30 s of bench/live.py) each stopped the event
-# loop, and with it the live stream, for up to 200 ms (GC 2.2 s of 30 s -> 0.13 s, longest
-# pause 204 -> 38 ms).
+# objects (decoded events, rows, live updates) that live across its write: with the
+# default threshold they survived into the oldest generation, whose full collections
+# stopped the event loop, and with it the live stream (docs/performance.md, "GC").
 GC_THRESHOLDS = (20_000, 10, 10)
 
 

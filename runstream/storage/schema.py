@@ -38,9 +38,8 @@ KAFKA_COLUMNS = """
     kafka_offset UInt64 CODEC(Delta, ZSTD(1))
 """
 
-# LZ4 after Delta/Gorilla, not ZSTD: the table takes every point, and LZ4 cut the
-# engine's insert work by a quarter (1 M points in 4 inserts, no view: 0.35 ->
-# 0.26 s); parts were no larger (1 M benchmark points: 1.15 -> 0.96 MB).
+# LZ4 after Delta/Gorilla, not ZSTD: the table takes every point, LZ4 costs the
+# engine's inserts less and the parts were no larger (docs/performance.md, "Codecs").
 METRIC_POINT_CODECS = {
     "step": "Int64 CODEC(Delta, LZ4)",
     "value": "Float64 CODEC(Gorilla, LZ4)",
@@ -197,8 +196,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             # Analytics (issue 4, docs/analytics.md): reads of one metric across
             # many runs (aggregate, grouped mean +- std) touch one granule per
             # run in the (project, run_id, metric, step) order; this projection
-            # keeps a metric's runs adjacent, so 1,000 runs read ~1 M rows, not
-            # ~10 M. Parts written before this migration are read in the base
+            # keeps a metric's runs adjacent, so a read of many runs touches a
+            # fraction of the rows. Parts written before this migration are read in the base
             # order until `ALTER TABLE metric_points MATERIALIZE PROJECTION
             # by_metric` (a background mutation) rebuilds them.
             """ALTER TABLE metric_points ADD PROJECTION IF NOT EXISTS by_metric
@@ -210,8 +209,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # One order for both questions, instead of a base order plus a projection: a
         # metric's runs are adjacent (cross-run analytics) and a run's series of one
         # metric is one range; a run's every metric is one range per metric name. The
-        # projection doubled the sort, write and merge work of every insert (measured:
-        # 1 M points end to end ~560k -> ~770k points/s without it). Rebuilt by copy
+        # projection doubled the sort, write and merge work of every insert
+        # (docs/performance.md). Rebuilt by copy
         # into a new table and an atomic EXCHANGE; the summaries view is re-attached.
         # Each step can run again after a crash; see docs/storage.md for the caveat
         # about processes migrating the same server at once.
@@ -235,8 +234,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     (
         5,
         # run_id as LowCardinality(String) in metric_points: the summaries view groups
-        # every inserted block by it, and dictionary codes hash faster than strings (1 M
-        # points in 4 inserts with the view: 0.44 -> 0.37 s of engine CPU, median of 4).
+        # every inserted block by it, and dictionary codes hash faster than strings.
         # Parts hold a few hundred runs, well within what LowCardinality is for. A
         # mutation rewrites the column of existing parts in the background.
         ["ALTER TABLE metric_points MODIFY COLUMN run_id LowCardinality(String)"],
@@ -245,7 +243,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         6,
         # Summaries written by the processor instead of a materialized view: the view ran a
         # GROUP BY over every inserted block inside the insert of the points, which doubled
-        # a small insert (1,000 rows: 8.7 -> 16.7 ms) and sat on the live path. The new table
+        # the cost of a small insert and sat on the live path. The new table
         # is filled from metric_points, then swapped in; each step can run again after a
         # crash (see migration 3 and docs/storage.md for processes migrating at once).
         [
@@ -260,9 +258,8 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
     ),
     (
         7,
-        # Wider merges of the small parts a live stream makes (one per table per batch,
-        # ~10 a second): the default selector merged them 5 at a time, rewriting each row
-        # again and again, and the merge threads took a quarter of a core of bench/live.py.
+        # Wider merges of the small parts a live stream makes (one per table per batch):
+        # the default selector merged them 5 at a time, rewriting each row again and again.
         [f"ALTER TABLE {table} MODIFY SETTING {MERGE_SETTINGS}" for table in STREAMED_TABLES],
     ),
 ]
