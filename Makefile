@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RUNSTREAM_HOME ?= $(CURDIR)/.runstream
 export RUNSTREAM_KAFKA ?= localhost:9092
 
-.PHONY: up test setup venv dashboard-assets kafka-jars chromium layout-tree lint typecheck bench clean wheelhouse
+.PHONY: up test setup venv dashboard-assets kafka-jars chromium layout-tree layers lint typecheck bench clean wheelhouse
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -63,14 +63,16 @@ layout-tree:
 	ln -s "$(CURDIR)/dashboard/__init__.py" $(LAYOUT)/runstream/dashboard/__init__.py
 	find $(LAYOUT) -name __pycache__ -prune -exec rm -rf {} +
 
-# ruff, then the layer contracts of pyproject.toml ([tool.importlinter]).
-lint: layout-tree
-	$(BIN)/ruff check $(PY_SOURCES)
-	$(BIN)/ruff format --check $(PY_SOURCES)
+# The layer contracts of pyproject.toml ([tool.importlinter]); tests/test_layers.py runs it too.
+layers: layout-tree
 	cd $(LAYOUT) && PYTHONPATH=. $(CURDIR)/$(BIN)/lint-imports --no-cache $(CURDIR)/pyproject.toml
 
+lint: layers
+	$(BIN)/ruff check $(PY_SOURCES)
+	$(BIN)/ruff format --check $(PY_SOURCES)
+
 typecheck: layout-tree
-	cd $(LAYOUT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(CURDIR)/$(LAYOUT).mypy_cache -p runstream
+	cd $(LAYOUT) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml --cache-dir $(abspath $(LAYOUT)).mypy_cache -p runstream
 
 bench: setup
 	$(BIN)/python bench/ingest.py
