@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from runstream.events import ValidatedEvent
+
 TopicPartition = tuple[str, int]
 Watermarks = dict[str, dict[TopicPartition, int]]  # table -> (topic, partition) -> max offset
 
@@ -25,7 +27,7 @@ class Record:
     topic: str
     partition: int
     offset: int
-    event: dict[str, Any]
+    event: ValidatedEvent
 
 
 @dataclass
@@ -79,8 +81,8 @@ def _kafka_columns_of_rows(recs: list[Record], rec_of_row: np.ndarray) -> dict[s
 
 def _ident_columns(recs: list[Record], counts: list[int]) -> dict[str, pa.Array]:
     projects, runs = _Interner(), _Interner()
-    p_idx = np.array([projects(r.event["project"]) for r in recs], dtype=np.int32)
-    r_idx = np.array([runs(r.event["run"]) for r in recs], dtype=np.int32)
+    p_idx = np.array([projects(r.event.project) for r in recs], dtype=np.int32)
+    r_idx = np.array([runs(r.event.run) for r in recs], dtype=np.int32)
     reps = np.array(counts, dtype=np.int64)
     return {
         "project": _dict_array(projects.values, np.repeat(p_idx, reps)),
@@ -161,7 +163,7 @@ class _SortedRows:
     rec_of_row: np.ndarray
 
 
-def _sorted_rows(events: list[dict[str, Any]]) -> _SortedRows:
+def _sorted_rows(events: list[ValidatedEvent]) -> _SortedRows:
     """Rows in the table's sort order, (project, metric, run_id, step): a block
     that arrives sorted is not sorted again by ClickHouse. The dictionaries hold
     their values in string order, so comparing indices compares the strings; a
@@ -174,17 +176,17 @@ def _sorted_rows(events: list[dict[str, Any]]) -> _SortedRows:
     str_index_parts = []
     offset = 0
     for ev in events:
-        p_codes.append(projects(ev["project"]))
-        r_codes.append(runs(ev["run"]))
-        names = ev["names"]
+        p_codes.append(projects(ev.project))
+        r_codes.append(runs(ev.run))
+        names = ev.fields["names"]
         name_codes.extend([metrics(name) for name in names])
         n_names.append(len(names))
-        s_parts.append(ev["_s"])
-        v_parts.append(ev["_v"])
-        t_parts.append(ev["_t"])
-        n = len(ev["_m"])
+        s_parts.append(ev.s)
+        v_parts.append(ev.v)
+        t_parts.append(ev.t)
+        n = len(ev.m)
         counts.append(n)
-        for i, text in ev["_sv"]:
+        for i, text in ev.sv:
             str_index_parts.append((offset + i, strings(text)))
         offset += n
 
@@ -198,7 +200,7 @@ def _sorted_rows(events: list[dict[str, Any]]) -> _SortedRows:
     g_parts = []
     first = 0
     for ev, k in zip(events, n_names):
-        g_parts.append(group_of_name[first : first + k][ev["_m"]])
+        g_parts.append(group_of_name[first : first + k][ev.m])
         first += k
 
     order, group, step = _sort_rows(np.concatenate(g_parts), np.concatenate(s_parts))
@@ -231,9 +233,9 @@ def _sorted_rows(events: list[dict[str, Any]]) -> _SortedRows:
     )
 
 
-def metric_groups(events: list[dict[str, Any]]) -> MetricGroups:
+def metric_groups(events: list[ValidatedEvent]) -> MetricGroups:
     """The rows of these metrics events as the processor writes them, by group."""
-    return _sorted_rows([ev for ev in events if ev["kind"] == "metrics" and len(ev["_m"])]).groups
+    return _sorted_rows([ev for ev in events if ev.kind == "metrics" and len(ev.m)]).groups
 
 
 def _metric_points(recs: list[Record], rows: _SortedRows) -> pa.Table:
@@ -320,7 +322,7 @@ def _table_cells(recs: list[Record]) -> pa.Table:
     rows: dict[str, list[Any]] = defaultdict(list)
     counts = []
     for r in recs:
-        ev = r.event
+        ev = r.event.fields
         n = 0
         for col, values in ev["columns"].items():
             for i, x in enumerate(values):
@@ -358,12 +360,12 @@ def _run_logs(recs: list[Record]) -> pa.Table:
     ts: list[np.ndarray] = []
     counts: list[int] = []
     for r in recs:
-        ev = r.event
+        ev = r.event.fields
         n = len(ev["lines"])
         streams.extend([ev["stream"]] * n)
         lines.extend(ev["lines"])
         idxs.extend(range(n))
-        ts.append(ev["_t"])
+        ts.append(r.event.t)
         counts.append(n)
     cols = _ident_columns(recs, counts)
     cols.update(
@@ -381,7 +383,7 @@ def _run_logs(recs: list[Record]) -> pa.Table:
 def _run_files(recs: list[Record]) -> pa.Table:
     counts = [1] * len(recs)
     cols = _ident_columns(recs, counts)
-    evs = [r.event for r in recs]
+    evs = [r.event.fields for r in recs]
     cols.update(
         {
             "path": pa.array([e["path"] for e in evs], pa.string()),
@@ -404,24 +406,24 @@ def _ingested_events(recs: list[Record]) -> pa.Table:
     evs = [r.event for r in recs]
     cols.update(
         {
-            "event_id": pa.array([e["id"] for e in evs], pa.string()),
-            "kind": pa.array([e["kind"] for e in evs], pa.string()),
+            "event_id": pa.array([e.id for e in evs], pa.string()),
+            "kind": pa.array([e.kind for e in evs], pa.string()),
             "points": pa.array([event_points(e) for e in evs], pa.uint32()),
-            "ts": _ms(np.array([float(e["ts"]) for e in evs])),
+            "ts": _ms(np.array([e.ts for e in evs])),
         }
     )
     cols.update(_kafka_columns(recs, counts))
     return pa.table(cols)
 
 
-def event_points(event: dict[str, Any]) -> int:
-    kind = event["kind"]
+def event_points(event: ValidatedEvent) -> int:
+    kind = event.kind
     if kind == "metrics":
-        return len(event["_m"])
+        return len(event.m)
     if kind == "table":
-        return sum(len(v) for v in event["columns"].values())
+        return sum(len(v) for v in event.fields["columns"].values())
     if kind == "log":
-        return len(event["lines"])
+        return len(event.fields["lines"])
     return 0
 
 
@@ -448,11 +450,11 @@ def build(records: list[Record], watermarks: Watermarks) -> Batch:
             batch.skipped += 1
             continue
         batch.events += 1
-        table = TABLE_OF_KIND.get(rec.event["kind"])
+        table = TABLE_OF_KIND.get(rec.event.kind)
         if table is not None and not _below(watermarks, table, rec):
             per_table[table].append(rec)
             if table == "metric_points":
-                batch.points += len(rec.event["_m"])
+                batch.points += len(rec.event.m)
         if table == "metric_points":
             summarised = not _below(watermarks, "metric_summaries", rec)
             if summarised:

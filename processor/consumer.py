@@ -32,6 +32,7 @@ from runstream.processor.seen import SeenIds
 
 from runstream import kafka
 from runstream.config import Settings
+from runstream.events import ValidatedEvent
 from runstream.live import ORIGIN_HEADER, LiveUpdate
 from runstream.storage.schema import WATERMARKED_TABLES
 from runstream.storage.store import Store
@@ -96,7 +97,7 @@ async def ensure_topics(settings: Settings) -> None:
 class _Prepared:
     built: batching.Batch
     run_rows: list[Any]
-    events: list[dict[str, Any]]
+    events: list[ValidatedEvent]
     status_changes: dict[RunKey, str]
     dead: list[tuple[Any, str]]
     commit: dict[TopicPartition, int]
@@ -553,13 +554,13 @@ class Processor:
                 records.append(batching.Record(tp.topic, tp.partition, msg.offset, event))
 
         t1 = time.perf_counter()
-        await self._load_runs({(r.event["project"], r.event["run"]) for r in records})
+        await self._load_runs({(r.event.project, r.event.run) for r in records})
         # A re-sent event (same id at a new offset, e.g. a client spool replay) is dropped here.
         fresh: list[batching.Record] = []
         batch_ids: set[str] = set()
         for rec in records:
-            eid = rec.event["id"]
-            seen = self.seen_ids.get((rec.event["project"], rec.event["run"]))
+            eid = rec.event.id
+            seen = self.seen_ids.get((rec.event.project, rec.event.run))
             if eid in batch_ids or (seen is not None and eid in seen):
                 self.stats.events_skipped += 1
                 continue
@@ -569,7 +570,7 @@ class Processor:
         built = batching.build(fresh, self.watermarks)
         status_changes: dict[RunKey, str] = {}
         for rec in fresh:
-            ev = rec.event
+            ev = rec.event.fields
             key = (ev["project"], ev["run"])
             changed = apply(self.runs[key], ev)
             if changed:
@@ -581,7 +582,7 @@ class Processor:
             st.dirty = False
             st.persisted_last_seen = st.last_seen
         for rec in fresh:
-            self.seen_ids.setdefault((rec.event["project"], rec.event["run"]), SeenIds()).add(rec.event["id"])
+            self.seen_ids.setdefault((rec.event.project, rec.event.run), SeenIds()).add(rec.event.id)
         t2 = time.perf_counter()
         self.stats.seconds["decode"] += t1 - t0
         self.stats.seconds["prepare"] += t2 - t1
@@ -772,7 +773,7 @@ class Processor:
 
     def _live_updates(self, batch: _Prepared) -> list[LiveUpdate] | None:
         try:
-            touched = {(e["project"], e["run"]) for e in batch.events} | set(batch.status_changes)
+            touched = {(e.project, e.run) for e in batch.events} | set(batch.status_changes)
             experiments = {key: self.runs[key].experiment for key in touched if key in self.runs}
             return build_updates(batch.events, experiments, batch.status_changes, batch.built.metric_groups)
         except Exception as exc:  # live pushes are best effort; storage is the truth

@@ -10,11 +10,11 @@ WebSockets.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import numpy as np
 from runstream.processor.batch import MetricGroups, metric_groups
 
+from runstream.events import ValidatedEvent
 from runstream.live import LIVE_LOG_LINES, LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS, LiveUpdate, MetricSlot, update_for
 
 RunKey = tuple[str, str]  # (project, run id)
@@ -23,11 +23,11 @@ SMALL_BATCH = 2048  # points in a batch below which plain Python is faster than 
 _INF = float("inf")
 
 
-def _small_points(metrics: dict[str, MetricSlot], evs: list[dict[str, Any]]) -> None:
+def _small_points(metrics: dict[str, MetricSlot], evs: list[ValidatedEvent]) -> None:
     # Plain Python beats numpy's per-call overhead on the few points of a live run's batch.
     for ev in evs:
-        names = ev["names"]
-        for i, step, x in zip(ev["_m"].tolist(), ev["_s"].tolist(), ev["_v"].tolist()):
+        names = ev.fields["names"]
+        for i, step, x in zip(ev.m.tolist(), ev.s.tolist(), ev.v.tolist()):
             slot = metrics.get(names[i])
             if slot is None:
                 slot = metrics[names[i]] = {"s": [], "v": [], "n": 0}
@@ -75,36 +75,36 @@ def _group_points(per_run: dict[RunKey, LiveUpdate], groups: MetricGroups) -> No
 
 
 def build_updates(
-    events: list[dict[str, Any]], experiments: dict[RunKey, str], statuses: dict[RunKey, str], groups: MetricGroups | None = None
+    events: list[ValidatedEvent], experiments: dict[RunKey, str], statuses: dict[RunKey, str], groups: MetricGroups | None = None
 ) -> list[LiveUpdate]:
     """`events` are this batch's newly written events; `statuses` the runs whose status
     changed; runs are keyed by (project, run id). `groups`: the metric rows the batch
     wrote (processor.batch), else they are grouped here."""
     per_run: dict[RunKey, LiveUpdate] = {}
 
-    def entry(ev: dict[str, Any]) -> LiveUpdate:
-        key = (ev["project"], ev["run"])
+    def entry(ev: ValidatedEvent) -> LiveUpdate:
+        key = (ev.project, ev.run)
         item = per_run.get(key)
         if item is None:
-            item = per_run[key] = update_for(ev["project"], ev["run"], experiments.get(key, ""))
+            item = per_run[key] = update_for(ev.project, ev.run, experiments.get(key, ""))
         return item
 
-    metric_events: dict[RunKey, list[dict[str, Any]]] = {}
+    metric_events: dict[RunKey, list[ValidatedEvent]] = {}
     for ev in events:
-        kind = ev["kind"]
+        kind = ev.kind
         if kind == "metrics":
             entry(ev)
-            metric_events.setdefault((ev["project"], ev["run"]), []).append(ev)
+            metric_events.setdefault((ev.project, ev.run), []).append(ev)
         elif kind == "log":
             logs = entry(ev).setdefault("logs", [])
-            logs.extend({"stream": ev["stream"], "line": line, "ts": t} for line, t in zip(ev["lines"], ev["_t"].tolist()))
+            logs.extend({"stream": ev.fields["stream"], "line": line, "ts": t} for line, t in zip(ev.fields["lines"], ev.t.tolist()))
         elif kind == "table":
-            entry(ev).setdefault("tables", []).append(ev["name"])
+            entry(ev).setdefault("tables", []).append(ev.fields["name"])
         elif kind == "file":
-            entry(ev).setdefault("files", []).append({"path": ev["path"], "file_kind": ev.get("file_kind", "file")})
+            entry(ev).setdefault("files", []).append({"path": ev.fields["path"], "file_kind": ev.fields.get("file_kind", "file")})
         elif kind in ("tags", "params", "run_start"):
             entry(ev)["meta"] = True
-    points = groups.points if groups is not None else sum(len(ev["_m"]) for evs in metric_events.values() for ev in evs)
+    points = groups.points if groups is not None else sum(len(ev.m) for evs in metric_events.values() for ev in evs)
     if points <= SMALL_BATCH:
         for run, evs in metric_events.items():
             _small_points(per_run[run].setdefault("metrics", {}), evs)

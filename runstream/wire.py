@@ -15,8 +15,9 @@ columnar: one `metrics` event carries many points as parallel arrays, so
 throughput comes from batching rather than from more messages.
 
 `validate` is the one gate used by the ingest gateway and the processor: it
-raises WireError with a message a user can act on, and returns the event with
-its arrays converted to numpy (keys prefixed with "_") for the writer.
+raises WireError with a message a user can act on, and returns a
+`runstream.events.ValidatedEvent` (the fields, normalised, and the columns as
+numpy arrays for the writer), leaving the caller's dict as it was.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from typing import Any
 
 import numpy as np
 import orjson
+
+from runstream.errors import InputError
+from runstream.events import NO_FLOATS, NO_INTS, FloatColumn, IntColumn, ValidatedEvent
 
 WIRE_VERSION = 1
 MAX_NAME = 255
@@ -59,7 +63,7 @@ KINDS = (
 )
 
 
-class WireError(ValueError):
+class WireError(InputError):
     """An event that does not match the wire schema; the message says why."""
 
 
@@ -293,6 +297,8 @@ def _metric_rows(event: dict[str, Any], names: list[Any], budget: int) -> list[t
     return out
 
 
+_Columns = tuple[IntColumn, IntColumn, FloatColumn, FloatColumn, list[tuple[int, str]]]  # m, s, v, t, sv of a metrics event
+
 SMALL_EVENT_POINTS = 256  # up to this many points, packed events are checked without numpy (see _small_metrics)
 # array typecodes of the packed dtypes; array uses native order, so the fast path needs a little-endian host
 _ARRAY_CODES = {"m": "i", "s": "q", "x": "d", "t": "d"}
@@ -330,7 +336,7 @@ def _small_times(event: dict[str, Any], source: dict[str, Any], n: int) -> list[
     return t if t is not None and len(t) == n and _times_ok(t) else None
 
 
-def _small_metrics(event: dict[str, Any], n_names: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+def _small_metrics(event: dict[str, Any], n_names: int) -> _Columns | None:
     """The points of a small event whose arrays are all packed (what the client sends), checked
     in plain Python: a live run's events hold a few points each, and numpy's per-call cost
     made these checks ~45 us an event. None when anything is unusual or wrong: the general
@@ -377,10 +383,11 @@ def _small_metrics(event: dict[str, Any], n_names: int) -> tuple[np.ndarray, np.
             vs += fx
     if not ms:
         return None
-    return np.array(ms, dtype=np.int64), np.array(ss, dtype=np.int64), np.array(vs, dtype=np.float64), np.array(ts, dtype=np.float64)
+    return np.array(ms, dtype=np.int64), np.array(ss, dtype=np.int64), np.array(vs, dtype=np.float64), np.array(ts, dtype=np.float64), []
 
 
-def _validate_metrics(event: dict[str, Any]) -> None:
+def _validate_metrics(event: dict[str, Any]) -> _Columns:
+    """The columns m, s, v, t, sv of a metrics event (normalising its `desc`)."""
     names = event.get("names")
     if not isinstance(names, list) or not names:
         raise WireError("'names' must be a non-empty array of metric names")
@@ -392,9 +399,7 @@ def _validate_metrics(event: dict[str, Any]) -> None:
     if small is not None:
         if "desc" in event:
             event["desc"] = _str_map(event["desc"], "desc", allow_null=False)
-        event["_m"], event["_s"], event["_v"], event["_t"] = small
-        event["_sv"] = []
-        return
+        return small
     has_rows = event.get("rows") is not None
     if has_rows and event.get("m") is None:
         m = s = np.zeros(0, dtype=np.int64)
@@ -413,8 +418,7 @@ def _validate_metrics(event: dict[str, Any]) -> None:
         raise WireError("a metrics event must carry at least one point")
     if "desc" in event:
         event["desc"] = _str_map(event["desc"], "desc", allow_null=False)
-    event["_m"], event["_s"], event["_v"], event["_t"] = m, s, v, t
-    event["_sv"] = sv
+    return m, s, v, t, sv
 
 
 def _validate_table(event: dict[str, Any]) -> None:
@@ -450,7 +454,8 @@ def _validate_table(event: dict[str, Any]) -> None:
         raise WireError(f"{length * len(columns)} cells in one event; the limit is {MAX_POINTS_PER_EVENT}")
 
 
-def _validate_log(event: dict[str, Any]) -> None:
+def _validate_log(event: dict[str, Any]) -> FloatColumn:
+    """The time of each line of a log event (cutting its lines to MAX_LOG_LINE)."""
     stream = _str(event, "stream")
     if stream not in ("stdout", "stderr") and not stream:
         raise WireError("'stream' must be a non-empty string")
@@ -463,7 +468,7 @@ def _validate_log(event: dict[str, Any]) -> None:
         if not isinstance(line, str):
             raise WireError("'lines' must contain strings")
     event["lines"] = [line[:MAX_LOG_LINE] for line in lines]
-    event["_t"] = _times(event, len(lines))
+    return _times(event, len(lines))
 
 
 def _validate_file(event: dict[str, Any]) -> None:
@@ -481,27 +486,39 @@ def _validate_file(event: dict[str, Any]) -> None:
         _str(event, key, required=False, limit=2048)
 
 
-def validate(event: dict[str, Any]) -> dict[str, Any]:
-    """Check one decoded event; return it with numpy arrays attached for the writer."""
+# The kinds whose fields validation normalises (on a copy); the others keep the decoded dict as their fields.
+_NORMALISED_KINDS = frozenset(("log", "file", "tags", "params", "run_start"))
+
+
+def validate(decoded: dict[str, Any]) -> ValidatedEvent:
+    """Check one decoded event; return its fields, normalised, and, for the writer, its columns.
+
+    The caller's dict is never changed: an event whose fields need normalising gets
+    a shallow copy (the payload's lists are only read, or replaced), the others
+    hold the caller's dict itself, so neither should change it afterwards."""
+    event = decoded
     if event.get("v") != WIRE_VERSION:
         raise WireError(f"unsupported wire version {event.get('v')!r}; this server speaks {WIRE_VERSION}")
     kind = event.get("kind")
     if kind not in KINDS:
         raise WireError(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}")
-    _str(event, "id", limit=128)
-    if not event["id"]:
+    event_id = _str(event, "id", limit=128)
+    if not event_id:
         raise WireError("'id' must not be empty")
-    check_name(event.get("run"), "run id")
-    check_name(event.get("project"), "project")
+    run = check_name(event.get("run"), "run id")
+    project = check_name(event.get("project"), "project")
     ts = event.get("ts")
     if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not (0 <= ts < MAX_TS):
         raise WireError("'ts' must be a number of seconds since the epoch, from 0 up to 2**32")
+    if kind in _NORMALISED_KINDS or (kind == "metrics" and "desc" in event):
+        event = dict(event)
     if kind == "metrics":
-        _validate_metrics(event)
-    elif kind == "table":
+        m, s, v, t, sv = _validate_metrics(event)
+        return ValidatedEvent(event, kind, event_id, run, project, float(ts), m, s, v, t, sv)
+    if kind == "log":
+        return ValidatedEvent(event, kind, event_id, run, project, float(ts), NO_INTS, NO_INTS, NO_FLOATS, _validate_log(event), [])
+    if kind == "table":
         _validate_table(event)
-    elif kind == "log":
-        _validate_log(event)
     elif kind == "file":
         _validate_file(event)
     elif kind == "tags":
@@ -524,4 +541,4 @@ def validate(event: dict[str, Any]) -> dict[str, Any]:
         if status not in allowed:
             raise WireError(f"'status' must be one of {', '.join(allowed)}")
         _str(event, "error", required=False, limit=MAX_STRING_VALUE)
-    return event
+    return ValidatedEvent(event, kind, event_id, run, project, float(ts))

@@ -14,30 +14,21 @@ import pytest
 from runstream.processor import batch as batching
 from runstream.processor.batch import Record, build
 
+from runstream.events import ValidatedEvent
 from runstream.storage.store import Store
 from runstream.wire import validate
 
 Row = tuple[str, str, str, int, str, str, int, str, int, int]
 
 
-def _event(project: str, run: str, names: list[str], m: list[int], s: list[int], sv: list[tuple[int, str]], eid: str, t0: float) -> dict[str, Any]:
-    """Shaped like a validated metrics event (runstream.wire.validate)."""
+def _event(project: str, run: str, names: list[str], m: list[int], s: list[int], sv: list[tuple[int, str]], eid: str, t0: float) -> ValidatedEvent:
+    """A validated metrics event, built directly (runstream.wire.validate makes the same)."""
     v = np.array([float(i) / 7 for i in range(len(m))])
     for i, _ in sv:
         v[i] = math.nan
-    return {
-        "kind": "metrics",
-        "id": eid,
-        "project": project,
-        "run": run,
-        "ts": t0,
-        "names": names,
-        "_m": np.array(m, dtype=np.int64),
-        "_s": np.array(s, dtype=np.int64),
-        "_v": v,
-        "_t": t0 + np.arange(len(m), dtype=np.float64) * 0.001,
-        "_sv": sv,
-    }
+    fields = {"v": 1, "kind": "metrics", "id": eid, "project": project, "run": run, "ts": t0, "names": names}
+    m_col, s_col = np.array(m, dtype=np.int64), np.array(s, dtype=np.int64)
+    return ValidatedEvent(fields, "metrics", eid, run, project, t0, m_col, s_col, v, t0 + np.arange(len(m), dtype=np.float64) * 0.001, sv)
 
 
 def _expected_rows(recs: list[Record]) -> list[Row]:
@@ -45,10 +36,10 @@ def _expected_rows(recs: list[Record]) -> list[Row]:
     rows: list[Row] = []
     for r in recs:
         ev = r.event
-        strings = dict(ev["_sv"])
-        for i, (mi, step, value, t) in enumerate(zip(ev["_m"].tolist(), ev["_s"].tolist(), ev["_v"].tolist(), ev["_t"].tolist())):
+        strings = dict(ev.sv)
+        for i, (mi, step, value, t) in enumerate(zip(ev.m.tolist(), ev.s.tolist(), ev.v.tolist(), ev.t.tolist())):
             rows.append(
-                (ev["project"], ev["run"], ev["names"][mi], step, repr(value), strings.get(i, ""), round(t * 1000.0), r.topic, r.partition, r.offset)
+                (ev.project, ev.run, ev.fields["names"][mi], step, repr(value), strings.get(i, ""), round(t * 1000.0), r.topic, r.partition, r.offset)
             )
     return rows
 
@@ -62,7 +53,7 @@ def _table_rows(table: pa.Table) -> list[Row]:
 
 def _metric_points(recs: list[Record]) -> pa.Table:
     batch = build(recs, {})
-    assert batch.points == sum(len(r.event["_m"]) for r in recs)
+    assert batch.points == sum(len(r.event.m) for r in recs)
     return batch.tables["metric_points"]
 
 
@@ -188,7 +179,7 @@ def test_many_rows_going_backwards_stay_in_arrival_order_inside_their_group() ->
         s = list(range(100))
         rng.shuffle(s)
         recs.append(Record("metrics", 2, k, _event("p", f"run{k % 3}", ["loss", "acc"], [i % 2 for i in range(100)], s, [], f"w:{k}", 1e9)))
-    assert sum(len(r.event["_m"]) for r in recs[6:]) > batching.MAX_RESORTED_FRACTION * sum(len(r.event["_m"]) for r in recs)
+    assert sum(len(r.event.m) for r in recs[6:]) > batching.MAX_RESORTED_FRACTION * sum(len(r.event.m) for r in recs)
     _check(recs, by_step=False)
 
 

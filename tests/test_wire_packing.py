@@ -15,6 +15,7 @@ from runstream.ingest.values import InvalidInput
 from runstream.processor.live import build_updates
 
 from runstream.config import Settings
+from runstream.events import ValidatedEvent
 from runstream.live import LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS
 from runstream.wire import WireError, pack, validate
 from tests.conftest import NullShipper
@@ -30,16 +31,16 @@ def test_packed_columns_decode_to_the_same_arrays_as_json_arrays() -> None:
     m, s, x, t = [0, 1, 0, 1], [0, 0, 1, 1], [0.5, 0.9, 0.25, 0.95], [1_700_000_000.0 + i for i in range(4)]
     plain = validate(_metrics_event(m=m, s=s, x=x, t=t))
     packed = validate(_metrics_event(m=pack(m, "m"), s=pack(s, "s"), x=pack(x, "x"), t=pack(t, "t")))
-    for key in ("_m", "_s", "_v", "_t"):
-        assert np.array_equal(plain[key], packed[key]), key
-    assert packed["_s"].dtype == np.int64 and packed["_v"].dtype == np.float64
+    for key in ("m", "s", "v", "t"):
+        assert np.array_equal(getattr(plain, key), getattr(packed, key)), key
+    assert packed.s.dtype == np.int64 and packed.v.dtype == np.float64
 
 
 def test_packed_values_take_nonfinite_and_string_values_through_nf_and_sv() -> None:
     x = pack([1.0, None, None], "x")  # None packs as NaN: "the value is given elsewhere"
     ev = validate(_metrics_event(names=["a"], m=pack([0, 0, 0], "m"), s=pack([0, 1, 2], "s"), x=x, nf=[[1, "-inf"]], sv=[[2, "warmup"]]))
-    assert ev["_v"][0] == 1.0 and ev["_v"][1] == -math.inf and math.isnan(ev["_v"][2])
-    assert ev["_sv"] == [(2, "warmup")]
+    assert ev.v[0] == 1.0 and ev.v[1] == -math.inf and math.isnan(ev.v[2])
+    assert ev.sv == [(2, "warmup")]
 
 
 @pytest.mark.parametrize(
@@ -86,11 +87,11 @@ def test_rows_frames_decode_to_the_same_points_as_columns() -> None:
     t0 = 1_700_000_000.0
     rows = [{"m": [1, 0], "s": pack([3, 4], "s"), "t": pack([t0, t0 + 1], "t"), "x": pack([0.9, 0.5, 0.95, 0.25], "x")}]
     ev = validate(_metrics_event(m=[0], s=[2], x=[None], nf=[[0, "nan"]], rows=rows))
-    got = list(zip(ev["_m"].tolist(), ev["_s"].tolist(), ev["_v"].tolist(), ev["_t"].tolist()))
+    got = list(zip(ev.m.tolist(), ev.s.tolist(), ev.v.tolist(), ev.t.tolist()))
     assert got[0][:2] == (0, 2) and math.isnan(got[0][2])
     assert got[1:] == [(1, 3, 0.9, t0), (0, 3, 0.5, t0), (1, 4, 0.95, t0 + 1), (0, 4, 0.25, t0 + 1)]
     only_rows = validate(_metrics_event(rows=[{"m": [0], "s": [7, 8], "x": [1.0, 2.0]}]))  # JSON arrays, t defaults to ts
-    assert only_rows["_s"].tolist() == [7, 8] and only_rows["_t"].tolist() == [t0, t0]
+    assert only_rows.s.tolist() == [7, 8] and only_rows.t.tolist() == [t0, t0]
 
 
 @pytest.mark.parametrize(
@@ -124,7 +125,7 @@ def test_a_long_training_loop_is_sealed_into_bounded_events_of_frames() -> None:
         run.log_metrics({"a": 1.0 * i, "b": 2.0 * i, "c": 3.0 * i}, step=i)
     run.log("lat", 0.5)  # per-point columns in the same seal
     events = [ev for ev, _ in run._take_events() if ev["kind"] == "metrics"]
-    sizes = [len(validate(dict(ev))["_m"]) for ev in events]
+    sizes = [len(validate(ev).m) for ev in events]
     # The first call takes the general path (per-point columns), the rest are frames split at the bound.
     assert max(sizes) <= EVENT_POINTS and len(events) == 3 and sum("rows" in ev for ev in events) == 2
     points = _columns_of(events)
@@ -138,7 +139,7 @@ def _columns_of(events: list[dict[str, Any]]) -> list[tuple[str, int, Any]]:
     out = []
     for ev in events:
         v = validate(ev)
-        out += [(ev["names"][i], s, x) for i, s, x in zip(v["_m"].tolist(), v["_s"].tolist(), v["_v"].tolist())]
+        out += [(ev["names"][i], s, x) for i, s, x in zip(v.m.tolist(), v.s.tolist(), v.v.tolist())]
     return out
 
 
@@ -151,7 +152,7 @@ def test_log_metrics_refuses_steps_beyond_int64_on_every_path() -> None:
             call()
 
 
-def _event(run: str, names: list[str], m: list[int], s: list[int], v: list[float]) -> dict[str, Any]:
+def _event(run: str, names: list[str], m: list[int], s: list[int], v: list[float]) -> ValidatedEvent:
     ev: dict[str, Any] = {"v": 1, "id": f"{run}:{s[0]}", "kind": "metrics", "run": run, "project": "p", "ts": time.time(), "names": names}
     nf = [[i, "inf" if x > 0 else "-inf"] for i, x in enumerate(v) if math.isinf(x)]
     ev.update(m=m, s=s, x=[None if math.isinf(x) else x for x in v], nf=nf)
@@ -196,7 +197,7 @@ def test_vectorised_live_points_match_the_plain_python_path() -> None:
     from runstream.processor.live import _group_points, _small_points
 
     rng = np.random.default_rng(7)
-    events: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    events: dict[tuple[str, str], list[ValidatedEvent]] = {}
     for r in range(4):
         for e in range(3):
             names = [f"m{j}" for j in rng.permutation(6)[: rng.integers(2, 6)]]
