@@ -4,9 +4,11 @@
     run = Experiment("sweep").start_logging()
     run.log("loss", 0.25)
 
-`run` holds Run and Experiment (the logging API), `shipper` the background
-thread that batches events and produces them with aiokafka, `values` the
-checks that make invalid input raise at once, `reader` the HTTP reads
+`run` holds Run and Experiment (the logging API), `buffer` a run's buffer of
+points and events (appended by the run, drained by the shipper), `shipper` the
+background thread that batches events and produces them with aiokafka, `spool`
+its disk spool for when Kafka is away, `capture` the stdout/stderr tee, `values`
+the checks that make invalid input raise at once, `reader` the HTTP reads
 (`get_metrics` and friends).
 """
 

@@ -1,14 +1,14 @@
 """Run and Experiment: the logging API of the reference, over Kafka.
 
-Logging calls validate their input, append to in-memory buffers under a
-per-run lock and return; the shipper thread does all network work.
+Logging calls validate their input, assign steps and metric indexes (the run's
+name table), append to the run's buffer (ingest/buffer.py) and return; the
+shipper thread drains the buffer and does all network work.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import secrets
 import threading
 import time
 import uuid
@@ -17,45 +17,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from runstream.ingest import capture
+from runstream.ingest.buffer import EVENT_POINTS as EVENT_POINTS  # re-exported: the bound on points per event
+from runstream.ingest.buffer import RunBuffer
 from runstream.ingest.shipper import Shipper, get_shipper
 from runstream.ingest.values import InvalidInput, check_name, coerce_scalar_text, coerce_value
 
 from runstream.config import Settings
-from runstream.wire import MAX_LOG_LINE, PACKED_DTYPES, TERMINAL_STATUSES, WIRE_VERSION, pack
+from runstream.wire import MAX_LOG_LINE, TERMINAL_STATUSES
 
 _INF = math.inf
 # Steps are Int64 in storage; the last one logged must leave room for its successor.
 _STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
 _time = time.time
-# Points per metrics event: keeps each Kafka message well under a megabyte.
-EVENT_POINTS = 20_000
-
-
-class _MetricBuffer:
-    """Points logged since the last seal: per-point columns (m, s, v, t, sv, nf) for
-    anything, and frames (the same metric indexes at many steps) for the training-loop
-    case, where a row costs one step, one time and the values, not four items a point."""
-
-    __slots__ = ("m", "s", "v", "t", "sv", "nf", "frames", "frame_key", "fs", "ft", "fx", "n")
-
-    def __init__(self) -> None:
-        self.m: list[int] = []
-        self.s: list[int] = []
-        self.v: list[float | None] = []
-        self.t: list[float] = []
-        self.sv: list[list[Any]] = []
-        self.nf: list[list[Any]] = []
-        self.frames: list[tuple[list[int], list[int], list[float], list[float]]] = []
-        self.frame_key: list[int] | None = None  # the open frame's metric indexes
-        self.fs: list[int] = []
-        self.ft: list[float] = []
-        self.fx: list[float] = []
-        self.n = 0  # points in the buffer, columns and frames
-
-    def open_frame(self, idxs: list[int]) -> None:
-        self.frame_key = idxs
-        self.fs, self.ft, self.fx = [], [], []
-        self.frames.append((idxs, self.fs, self.ft, self.fx))
 
 
 class Experiment:
@@ -111,23 +84,16 @@ class Run:
         self.name = check_name(name, "run name") if name else self.id
         self.parent = parent
         self.status = "Running"
-        self._session = secrets.token_hex(8)  # event ids: unique per writer, so replays are harmless
-        self._seq = 0
+        # The name table and the table row counters; appended points take the buffer's own lock.
         self._lock = threading.Lock()
-        self._buf = _MetricBuffer()
-        self._names: list[str] = []
+        self._names: list[str] = []  # by metric index; the buffer reads it when it seals
         self._name_idx: dict[str, int] = {}
         self._key_cache: dict[tuple[str, ...], list[int]] = {}  # log_metrics name sets seen before
         self._next_step: list[int] = []
-        self._desc: dict[str, str] = {}
         self._table_rows: dict[str, int] = {}
-        self._logs: dict[str, tuple[list[str], list[float]]] = {}
-        self._pending: list[tuple[dict[str, Any], int]] = []
-        self._points_logged = 0
-        self._buffered = 0  # points logged and not yet acknowledged by Kafka
-        self._files: list[str] = []
         self._shipper = shipper or get_shipper(self.settings)
-        self._shipper.register(self)
+        self._buffer = RunBuffer(self.id, self.project, self._names, self._shipper)
+        self._shipper.register(self._buffer)
         start: dict[str, Any] = {
             "experiment": experiment.name,
             "name": self.name,
@@ -137,7 +103,7 @@ class Run:
         }
         if parent is not None:
             start["parent"] = parent.id
-        self._enqueue("run_start" if not attach else "run_status", start if not attach else {"status": "Running"})
+        self._buffer.enqueue("run_start" if not attach else "run_status", start if not attach else {"status": "Running"})
         self._capturing = capture_output and capture.start(self)
 
     # --- identity ---
@@ -154,19 +120,6 @@ class Run:
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, name={self.name!r}, experiment={self.experiment.name!r}, status={self.status!r})"
 
-    # --- envelope ---
-    def _event(self, kind: str, payload: dict[str, Any]) -> dict[str, Any]:
-        self._seq += 1
-        payload.update(
-            {"v": WIRE_VERSION, "id": f"{self._session}:{self._seq}", "kind": kind, "run": self.id, "project": self.project, "ts": _time()}
-        )
-        return payload
-
-    def _enqueue(self, kind: str, payload: dict[str, Any], points: int = 0) -> None:
-        with self._lock:
-            self._seal()
-            self._pending.append((self._event(kind, payload), points))
-
     # --- metrics (the hot path) ---
     def _register(self, name: str, description: str) -> int:
         check_name(name)
@@ -178,7 +131,7 @@ class Run:
                 self._next_step.append(0)
                 self._name_idx[name] = idx
         if description:
-            self._desc[name] = str(description)
+            self._buffer.describe(name, str(description))
         return idx
 
     def log(self, name: str, value: Any, description: str = "", step: int | None = None) -> None:
@@ -187,7 +140,7 @@ class Run:
         if idx is None:
             idx = self._register(name, description)
         elif description:
-            self._desc[name] = str(description)
+            self._buffer.describe(name, str(description))
         if type(value) is not float or not -_INF < value < _INF:
             value = coerce_value(value, name)
         if step is None:
@@ -195,24 +148,7 @@ class Run:
         elif type(step) is not int or not _STEP_MIN <= step < _STEP_MAX:
             step = self._check_step(step)
         self._next_step[idx] = step + 1
-        if self._shipper.over_limit:
-            self._shipper.drop(1)
-            return
-        with self._lock:
-            buf = self._buf  # read under the lock: the shipper swaps buffers
-            if type(value) is float and -_INF < value < _INF:
-                buf.v.append(value)
-            else:
-                self._special(buf, value)
-            buf.m.append(idx)
-            buf.s.append(step)
-            buf.t.append(_time())
-            buf.n += 1
-            self._buffered += 1
-            full = buf.n >= EVENT_POINTS
-        self._points_logged += 1
-        if full:
-            self._shipper.nudge()
+        self._buffer.add_point(idx, step, value)
 
     @staticmethod
     def _check_step(step: Any) -> int:
@@ -227,15 +163,6 @@ class Run:
             raise InvalidInput(f"step {step} is outside the 64-bit signed range")
         return int(step)
 
-    @staticmethod
-    def _special(buf: _MetricBuffer, value: float | str) -> None:
-        pos = len(buf.m)
-        buf.v.append(None)
-        if isinstance(value, str):
-            buf.sv.append([pos, value])
-        else:
-            buf.nf.append([pos, "nan" if value != value else ("inf" if value > 0 else "-inf")])
-
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None, description: str = "") -> None:
         """Log several metrics at one step (each at its own next index if step is None)."""
         if type(metrics) is dict and type(step) is int and _STEP_MIN <= step < _STEP_MAX and not description:
@@ -249,78 +176,40 @@ class Run:
                     total = sum(values)
                 except (TypeError, OverflowError):  # a string, None, an int too large for a float...
                     total = None
-                # A float sum (one C call, ~0.35 µs cheaper than a type check per value) means
+                # A float sum (one C call, cheaper than a type check per value) means
                 # floats, ints and bools: what the general path would coerce to these same
                 # floats. Its finiteness means every value is finite. Numpy scalars make a
                 # numpy sum and take the general path.
                 if type(total) is float and total - total == 0.0:
-                    self._append_row(idxs, values, step)
+                    if self._buffer.add_row(idxs, step, values, _time()):
+                        step += 1
+                        next_step = self._next_step
+                        for idx in idxs:
+                            next_step[idx] = step
                     return
         self._log_metrics_general(metrics, step, description)
-
-    def _append_row(self, idxs: list[int], values: list[float], step: int) -> None:
-        n = len(idxs)
-        if self._shipper.over_limit:
-            self._shipper.drop(n)
-            return
-        now = _time()
-        next_step = self._next_step
-        with self._lock:
-            buf = self._buf  # read under the lock: the shipper swaps buffers
-            if buf.frame_key is not idxs:
-                buf.open_frame(idxs)
-            buf.fs.append(step)
-            buf.ft.append(now)
-            buf.fx += values
-            buf.n += n
-            self._buffered += n
-            full = buf.n >= EVENT_POINTS
-        step += 1
-        for idx in idxs:
-            next_step[idx] = step
-        self._points_logged += n
-        if full:
-            self._shipper.nudge()
 
     def _log_metrics_general(self, metrics: Mapping[str, Any], step: int | None, description: str) -> None:
         if not isinstance(metrics, Mapping):
             raise InvalidInput(f"log_metrics takes a mapping of name -> value, got {type(metrics).__name__}")
         name_idx = self._name_idx
-        items = []
+        idxs: list[int] = []
+        values: list[float | str] = []
         for name, value in metrics.items():
             idx = name_idx.get(name)
             if idx is None:
                 idx = self._register(name, description)
             if type(value) is not float or not -_INF < value < _INF:
                 value = coerce_value(value, name)
-            items.append((idx, value))
+            idxs.append(idx)
+            values.append(value)
         if type(metrics) is dict and len(self._key_cache) < 1024:
-            self._key_cache[tuple(metrics)] = [idx for idx, _ in items]
-        if step is not None:
-            step = self._check_step(step)
-        if self._shipper.over_limit:
-            self._shipper.drop(len(items))
-            return
+            self._key_cache[tuple(metrics)] = idxs
         next_step = self._next_step
-        now = _time()
-        with self._lock:
-            buf = self._buf  # read under the lock: the shipper swaps buffers
-            for idx, value in items:
-                s = next_step[idx] if step is None else step
+        steps = [next_step[idx] for idx in idxs] if step is None else [self._check_step(step)] * len(idxs)
+        if self._buffer.add_points(idxs, steps, values, _time()):
+            for idx, s in zip(idxs, steps):
                 next_step[idx] = s + 1
-                if type(value) is float and -_INF < value < _INF:
-                    buf.v.append(value)
-                else:
-                    self._special(buf, value)
-                buf.m.append(idx)
-                buf.s.append(s)
-                buf.t.append(now)
-            buf.n += len(items)
-            self._buffered += len(items)
-            full = buf.n >= EVENT_POINTS
-        self._points_logged += len(items)
-        if full:
-            self._shipper.nudge()
 
     def log_list(self, name: str, value: Iterable[Any], description: str = "") -> None:
         """Log a whole list of values at once (appended after earlier values of the name)."""
@@ -332,25 +221,9 @@ class Run:
             idx = self._register(name, description)
         if not values:
             return
-        if self._shipper.over_limit:
-            self._shipper.drop(len(values))
-            return
-        now = _time()
-        with self._lock:
-            buf = self._buf  # read under the lock: the shipper swaps buffers
-            start = self._next_step[idx]
-            for i, v in enumerate(values):
-                if type(v) is float and -_INF < v < _INF:
-                    buf.v.append(v)
-                else:
-                    self._special(buf, v)
-                buf.m.append(idx)
-                buf.s.append(start + i)
-                buf.t.append(now)
+        start = self._next_step[idx]
+        if self._buffer.add_points([idx] * len(values), list(range(start, start + len(values))), values, _time()):
             self._next_step[idx] = start + len(values)
-            buf.n += len(values)
-            self._buffered += len(values)
-        self._points_logged += len(values)
 
     # --- rows and tables ---
     def log_row(self, name: str, description: str | None = None, **kwargs: Any) -> None:
@@ -386,7 +259,7 @@ class Run:
         payload: dict[str, Any] = {"name": name, "row0": row0, "columns": columns}
         if description:
             payload["desc"] = str(description)
-        self._enqueue("table", payload, 0)
+        self._buffer.enqueue("table", payload)
 
     # --- text, tags, params ---
     def log_text(self, stream: str, line: str) -> None:
@@ -394,27 +267,22 @@ class Run:
         check_name(stream, "log stream")
         if not isinstance(line, str):
             raise InvalidInput(f"log_text takes a string line, got {type(line).__name__}")
-        now = _time()
-        with self._lock:
-            lines, times = self._logs.setdefault(stream, ([], []))
-            for part in line.splitlines() or [""]:
-                lines.append(part[:MAX_LOG_LINE])
-                times.append(now)
+        self._buffer.add_lines(stream, [part[:MAX_LOG_LINE] for part in line.splitlines() or [""]], _time())
 
     def tag(self, key: str, value: Any = None) -> None:
         """A string tag with an optional value."""
         check_name(key, "tag key")
-        self._enqueue("tags", {"tags": {key: coerce_scalar_text(value, f"tag {key!r}")}})
+        self._buffer.enqueue("tags", {"tags": {key: coerce_scalar_text(value, f"tag {key!r}")}})
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        self._enqueue("tags", {"tags": {check_name(k, "tag key"): coerce_scalar_text(v, f"tag {k!r}") for k, v in tags.items()}})
+        self._buffer.enqueue("tags", {"tags": {check_name(k, "tag key"): coerce_scalar_text(v, f"tag {k!r}") for k, v in tags.items()}})
 
     def log_param(self, key: str, value: Any) -> None:
         self.log_params({key: value})
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Hyper-parameters (strings or numbers), shown and filterable like tags."""
-        self._enqueue("params", {"params": {check_name(k, "param name"): coerce_scalar_text(v, f"param {k!r}") for k, v in params.items()}})
+        self._buffer.enqueue("params", {"params": {check_name(k, "param name"): coerce_scalar_text(v, f"param {k!r}") for k, v in params.items()}})
 
     # --- files (bytes go to the api; the reference goes over Kafka) ---
     def upload_file(self, name: str, path_or_stream: str | os.PathLike[str] | IO[bytes]) -> None:
@@ -426,8 +294,7 @@ class Run:
         else:
             data = path_or_stream.read()
         meta = upload_artifact(self.settings, self.project, self.id, name, data)
-        self._files.append(name)
-        self._enqueue(
+        self._buffer.enqueue(
             "file",
             {
                 "path": name,
@@ -461,7 +328,7 @@ class Run:
             suffix = ".png"
         rel = f"images/{name}{suffix}"
         meta = upload_artifact(self.settings, self.project, self.id, rel, data)
-        self._enqueue(
+        self._buffer.enqueue(
             "file",
             {
                 "path": rel,
@@ -486,9 +353,9 @@ class Run:
         if self._capturing:
             capture.stop(self)
         self.status = status
-        self._enqueue("run_end", {"status": status, "error": error[:4096]})
+        self._buffer.enqueue("run_end", {"status": status, "error": error[:4096]}, last=True)
         self._shipper.flush(timeout)
-        self._shipper.unregister(self)
+        self._shipper.unregister(self._buffer)
 
     def complete(self) -> None:
         """Mark the run Completed and deliver everything logged."""
@@ -542,90 +409,5 @@ class Run:
 
     @property
     def events_sent(self) -> int:
-        return self._seq
-
-    # --- called by the shipper thread ---
-    def _heartbeat(self) -> None:
-        if self.status not in TERMINAL_STATUSES:
-            self._enqueue("heartbeat", {})
-
-    def _has_pending(self) -> bool:
-        return bool(self._pending or self._buf.n or any(lines for lines, _ in self._logs.values()))
-
-    def _seal(self) -> None:
-        """Turn the open buffers into events (caller holds the lock)."""
-        buf = self._buf
-        if buf.n:
-            self._buf = _MetricBuffer()
-            # Each payload: (wire fields, points, highest metric index used).
-            payloads: list[tuple[dict[str, Any], int, int]] = []
-            n = len(buf.m)
-            for lo in range(0, n, EVENT_POINTS):
-                hi = min(n, lo + EVENT_POINTS)
-                payload: dict[str, Any] = {
-                    "m": buf.m[lo:hi] if n > EVENT_POINTS else buf.m,
-                    "s": buf.s[lo:hi] if n > EVENT_POINTS else buf.s,
-                    "x": buf.v[lo:hi] if n > EVENT_POINTS else buf.v,
-                    "t": buf.t[lo:hi] if n > EVENT_POINTS else buf.t,
-                }
-                sv = [[i - lo, x] for i, x in buf.sv if lo <= i < hi]
-                nf = [[i - lo, x] for i, x in buf.nf if lo <= i < hi]
-                if sv:
-                    payload["sv"] = sv
-                if nf:
-                    payload["nf"] = nf
-                payloads.append((payload, hi - lo, max(buf.m[lo:hi])))
-            for idxs, steps, times, values in buf.frames:
-                width = len(idxs)
-                per = max(1, EVENT_POINTS // width)
-                for lo in range(0, len(steps), per):
-                    hi = min(len(steps), lo + per)
-                    whole = lo == 0 and hi == len(steps)
-                    frame = {
-                        "m": idxs,
-                        "s": steps if whole else steps[lo:hi],
-                        "t": times if whole else times[lo:hi],
-                        "x": values if whole else values[lo * width : hi * width],
-                    }
-                    points = (hi - lo) * width
-                    if payloads and payloads[-1][1] + points <= EVENT_POINTS:
-                        payload, had, top = payloads[-1]
-                        payload.setdefault("rows", []).append(frame)
-                        payloads[-1] = (payload, had + points, max(top, max(idxs)))
-                    else:
-                        payloads.append(({"rows": [frame]}, points, max(idxs)))
-            for payload, points, top in payloads:
-                payload["names"] = self._names[: top + 1]
-                if self._desc:
-                    payload["desc"], self._desc = self._desc, {}
-                self._pending.append((self._event("metrics", payload), points))
-        for stream, (lines, times) in self._logs.items():
-            if lines:
-                self._logs[stream] = ([], [])
-                self._pending.append((self._event("log", {"stream": stream, "lines": lines, "t": times}), 0))
-
-    def _take_events(self) -> list[tuple[dict[str, Any], int]]:
-        with self._lock:
-            self._seal()
-            events, self._pending = self._pending, []
-        # Packing happens outside the lock, so the training thread never waits on it
-        # (and only once: a requeued event is already packed).
-        for event, points in events:
-            if points and event["kind"] == "metrics":
-                if type(event.get("m")) is list:
-                    for column in PACKED_DTYPES:
-                        event[column] = pack(event[column], column)
-                for frame in event.get("rows", ()):
-                    if type(frame["s"]) is list:
-                        for column in ("s", "t", "x"):
-                            frame[column] = pack(frame[column], column)
-        return events
-
-    def _acked(self, points: int) -> None:
-        if points:
-            with self._lock:
-                self._buffered -= points
-
-    def _requeue(self, events: list[tuple[dict[str, Any], int]]) -> None:
-        with self._lock:
-            self._pending[:0] = events
+        """Events this run has made so far (every kind, heartbeats included)."""
+        return self._buffer.events

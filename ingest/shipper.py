@@ -1,9 +1,10 @@
 """The background shipper: one thread per process running an aiokafka producer.
 
-Training threads only append to their run's in-memory buffers. Every
-`linger` seconds (sooner when a buffer fills) the shipper seals each run's
-buffers into events, in the order they were logged, and produces them keyed by
-run id with an idempotent, lz4-compressed, lingering producer. `flush()`
+Training threads only append to their runs' buffers (ingest/buffer.py); the
+shipper drives them through the `Outbox` interface. Every `linger` seconds
+(sooner when a buffer fills) it takes each buffer's sealed events, in the order
+they were logged, and produces them keyed by run id with the client producer
+(runstream.kafka.client_producer). `flush()`
 waits for the acknowledgement of everything sealed so far; interpreter exit
 flushes too.
 
@@ -26,17 +27,14 @@ import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from aiokafka import AIOKafkaProducer
+from runstream.ingest.buffer import Event, Outbox
 from runstream.ingest.spool import Spool
 
 from runstream import kafka
 from runstream.config import Settings
 from runstream.wire import encode
-
-if TYPE_CHECKING:
-    from runstream.ingest.run import Run
 
 log = logging.getLogger("runstream.client")
 
@@ -48,8 +46,34 @@ STALL_S = 5.0
 REPLAY_EVERY_S = 1.0
 
 
+class Producer(Protocol):
+    """The part of aiokafka's producer the shipper uses."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> asyncio.Future[Any]:
+        """Hand a record over (waits while the producer's buffer is full); the future is its acknowledgement."""
+        ...
+
+
 class Shipper:
-    def __init__(self, settings: Settings, *, linger: float = LINGER_S, max_buffered_points: int = DEFAULT_MAX_BUFFERED_POINTS) -> None:
+    """Ships the events of registered buffers; a `Sink` for them (memory bound, nudge, drop).
+
+    producer_factory: a new producer, started by the shipper (after a failure it makes
+    another); by default the client producer for `settings`. spool_factory: the disk
+    spool, made on first need; by default a Spool under settings.spool_dir."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        producer_factory: Callable[[], Producer] | None = None,
+        spool_factory: Callable[[], Spool] | None = None,
+        linger: float = LINGER_S,
+        max_buffered_points: int = DEFAULT_MAX_BUFFERED_POINTS,
+    ) -> None:
         self.settings = settings
         self.linger = linger
         self.max_buffered_points = max_buffered_points
@@ -59,11 +83,13 @@ class Shipper:
         self.sent_events = 0
         self.acked_events = 0
         self.failed_sends = 0
-        self._runs: weakref.WeakValueDictionary[str, Run] = weakref.WeakValueDictionary()
-        self._open: dict[str, Run] = {}  # runs not yet ended are kept alive until they end
+        # Buffers by run id: those of runs not yet ended are kept (and heartbeated) until they end.
+        self._runs: weakref.WeakValueDictionary[str, Outbox] = weakref.WeakValueDictionary()
+        self._open: dict[str, Outbox] = {}
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="runstream-shipper", daemon=True)
-        self._producer: AIOKafkaProducer | None = None
+        self._new_producer: Callable[[], Producer] = producer_factory or (lambda: kafka.client_producer(settings))
+        self._producer: Producer | None = None
         self._inflight: set[asyncio.Future[Any]] = set()
         self._wake = asyncio.Event()
         self._drain_lock: asyncio.Lock | None = None
@@ -71,6 +97,7 @@ class Shipper:
         self._warned_drop = False
         self._closed = False
         self.max_spool_bytes = int(os.environ.get("RUNSTREAM_SPOOL_MAX_BYTES", DEFAULT_MAX_SPOOL_BYTES))
+        self._new_spool: Callable[[], Spool] = spool_factory or (lambda: Spool(settings.spool_dir, self.max_spool_bytes))
         self.spool: Spool | None = None
         self.spooling = False
         self.spooled_events = 0
@@ -86,12 +113,13 @@ class Shipper:
         self._main: Future[None] = asyncio.run_coroutine_threadsafe(self._main_loop(), self._loop)
 
     # --- called from training threads ---
-    def register(self, run: Run) -> None:
-        self._runs[run.id] = run
-        self._open[run.id] = run
+    def register(self, buffer: Outbox) -> None:
+        self._runs[buffer.run_id] = buffer
+        self._open[buffer.run_id] = buffer
 
-    def unregister(self, run: Run) -> None:
-        self._open.pop(run.id, None)
+    def unregister(self, buffer: Outbox) -> None:
+        """The run has ended: no more heartbeats, and its buffer lives as long as its run."""
+        self._open.pop(buffer.run_id, None)
 
     def nudge(self) -> None:
         """A buffer is full: drain now rather than at the next linger tick."""
@@ -110,7 +138,7 @@ class Shipper:
 
     def _recount(self) -> None:
         # Exact per-run counts, summed off the training thread; logging calls read one flag.
-        total = sum(run._buffered for run in list(self._runs.values()))
+        total = sum(buffer.buffered for buffer in list(self._runs.values()))
         self.buffered_points = total
         self.over_limit = total >= self.max_buffered_points
 
@@ -126,9 +154,6 @@ class Shipper:
             fut.cancel()
             log.warning("runstream: flush timed out after %ss; events stay buffered and will be retried", timeout)
             return False
-
-    def call(self, fn: Callable[[], Any]) -> None:
-        self._loop.call_soon_threadsafe(fn)
 
     def close(self, timeout: float = 30.0) -> None:
         if self._closed:
@@ -158,9 +183,9 @@ class Shipper:
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     # --- the shipper thread ---
-    async def _ensure_producer(self) -> AIOKafkaProducer:
+    async def _ensure_producer(self) -> Producer:
         if self._producer is None:
-            producer = kafka.client_producer(self.settings)
+            producer = self._new_producer()
             await producer.start()
             self._producer = producer
             if self._warned_down:
@@ -195,8 +220,8 @@ class Shipper:
             now = time.time()
             if now - last_heartbeat >= HEARTBEAT_S:
                 last_heartbeat = now
-                for run in list(self._open.values()):
-                    run._heartbeat()
+                for buffer in list(self._open.values()):
+                    buffer.heartbeat()
             try:
                 if self.spooling:
                     await self._spill()
@@ -213,7 +238,7 @@ class Shipper:
 
     def _spool(self) -> Spool:
         if self.spool is None:
-            self.spool = Spool(self.settings.spool_dir, self.max_spool_bytes)
+            self.spool = self._new_spool()
         return self.spool
 
     def _enter_spooling(self, reason: str) -> None:
@@ -232,15 +257,15 @@ class Shipper:
     async def _spill(self) -> None:
         """Move every run's sealed events to the disk spool, in order."""
         spool = self._spool()
-        for run in list(self._runs.values()):
-            events = run._take_events()
+        for buffer in list(self._runs.values()):
+            events = buffer.take_events()
             if not events:
                 continue
-            key = run.id.encode()
+            key = buffer.run_id.encode()
             records = [(self.settings.events_topic, key, encode(event)) for event, _ in events]
             refused = spool.append(records)
             self.spooled_events += len(records) - refused
-            run._acked(sum(points for _, points in events))
+            buffer.acked(sum(points for _, points in events))
             if refused:
                 self.dropped_points += sum(points for _, points in events[len(events) - refused :])
                 if not self._warned_drop:
@@ -262,7 +287,7 @@ class Shipper:
                 raise failed[0]
             self.replayed_events += len(records)
             spool.remove(path)
-        if not spool.has_data and not any(run._has_pending() for run in list(self._runs.values())):
+        if not spool.has_data and not any(buffer.has_pending() for buffer in list(self._runs.values())):
             self.spooling = False
             log.warning("runstream: Kafka at %s is back; %d spooled events replayed", self.settings.kafka, self.replayed_events)
             self._warned_down = False
@@ -281,32 +306,32 @@ class Shipper:
     async def _drain(self) -> None:
         assert self._drain_lock is not None
         async with self._drain_lock:
-            runs = list(self._runs.values())
-            if not any(run._has_pending() for run in runs):
+            buffers = list(self._runs.values())
+            if not any(buffer.has_pending() for buffer in buffers):
                 return
             producer = await self._ensure_producer()
             loop = asyncio.get_running_loop()
             # A send waiting STALL_S for room in a full batch is a stalled broker: spool. One
             # timeout moved on before each send, not a wait_for per send: wait_for wraps each
-            # send in a task (~20 us against ~3 us), and a live run sends an event per step.
+            # send in a task, several times the cost of the send, and a live run sends an event per step.
             async with asyncio.timeout(None) as deadline:
-                for run in runs:
-                    events = run._take_events()
+                for buffer in buffers:
+                    events = buffer.take_events()
                     if not events:
                         continue
-                    key = run.id.encode()
+                    key = buffer.run_id.encode()
                     sent = 0
                     try:
-                        for i, (event, points) in enumerate(events):
+                        for i, item in enumerate(events):
                             deadline.reschedule(loop.time() + STALL_S)
-                            fut = await producer.send(self.settings.events_topic, encode(event), key=key)
+                            fut = await producer.send(self.settings.events_topic, encode(item[0]), key=key)
                             sent = i + 1
-                            self._track(fut, run, event, points)
+                            self._track(fut, buffer, item)
                     except BaseException:  # the timeout surfaces as CancelledError inside the block
-                        run._requeue(events[sent:])
+                        buffer.requeue(events[sent:])
                         raise
 
-    def _track(self, fut: asyncio.Future[Any], run: Run, event: dict[str, Any], points: int) -> None:
+    def _track(self, fut: asyncio.Future[Any], buffer: Outbox, event: Event) -> None:
         self.sent_events += 1
         self._inflight.add(fut)
         self._sent_at[fut] = time.monotonic()
@@ -316,11 +341,11 @@ class Shipper:
             self._sent_at.pop(f, None)
             if f.cancelled() or f.exception() is not None:
                 self.failed_sends += 1
-                run._requeue([(event, points)])
+                buffer.requeue([event])
                 self._wake.set()
             else:
                 self.acked_events += 1
-                run._acked(points)
+                buffer.acked(event[1])
 
         fut.add_done_callback(done)
 
@@ -346,7 +371,7 @@ class Shipper:
             pending = list(self._inflight)
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-            if not any(run._has_pending() for run in list(self._runs.values())) and not self._inflight:
+            if not any(buffer.has_pending() for buffer in list(self._runs.values())) and not self._inflight:
                 return
 
     async def _stop(self) -> None:

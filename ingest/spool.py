@@ -43,7 +43,6 @@ class Spool:
         self._writer_path: Path | None = None
         self._counter = 0
         self.bytes = 0
-        self.dropped_events = 0
         self.adopted_dirs: list[Path] = []
 
     @staticmethod
@@ -95,7 +94,6 @@ class Spool:
             self.bytes += size
         if self._writer is not None:
             self._writer.flush()  # type: ignore[attr-defined]
-        self.dropped_events += refused
         return refused
 
     def seal(self) -> None:

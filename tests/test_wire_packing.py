@@ -62,7 +62,7 @@ def test_bad_packed_columns_are_refused_with_a_reason(columns: dict[str, Any], m
 
 
 def _columns(run: Run) -> list[tuple[str, int, Any]]:
-    return _columns_of([ev for ev, _ in run._take_events() if ev["kind"] == "metrics"])
+    return _columns_of([ev for ev, _ in run._buffer.take_events() if ev["kind"] == "metrics"])
 
 
 def test_log_metrics_fast_path_buffers_exactly_what_the_general_path_does() -> None:
@@ -124,7 +124,7 @@ def test_a_long_training_loop_is_sealed_into_bounded_events_of_frames() -> None:
     for i in range(steps):
         run.log_metrics({"a": 1.0 * i, "b": 2.0 * i, "c": 3.0 * i}, step=i)
     run.log("lat", 0.5)  # per-point columns in the same seal
-    events = [ev for ev, _ in run._take_events() if ev["kind"] == "metrics"]
+    events = [ev for ev, _ in run._buffer.take_events() if ev["kind"] == "metrics"]
     sizes = [len(validate(ev).m) for ev in events]
     # The first call takes the general path (per-point columns), the rest are frames split at the bound.
     assert max(sizes) <= EVENT_POINTS and len(events) == 3 and sum("rows" in ev for ev in events) == 2
