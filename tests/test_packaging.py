@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,13 +80,19 @@ print(json.dumps({"site": site, "dists": dists, "entries": sorted(os.listdir(sit
 """
 
 
-def _run(cmd: list[str], *, timeout: float, env: dict[str, str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess[str]:
+def _run(cmd: list[str], *, timeout: float, env: dict[str, str], cwd: Path, check: bool = True, hint: str = "") -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
-            f"{' '.join(map(str, cmd))} exited {proc.returncode}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
+            f"{' '.join(map(str, cmd))} exited {proc.returncode}{hint}\n--- stdout\n{proc.stdout[-4000:]}\n--- stderr\n{proc.stderr[-4000:]}"
         )
     return proc
+
+
+# A wheel missing from the wheelhouse (a dependency added since it was filled) or an npm
+# cache without the dashboard's packages fails offline; the fix is the set-up target.
+PIP_HINT = " (offline: is the wheelhouse current? run `make wheelhouse`)"
+BUILD_HINT = " (offline: run `make wheelhouse` for setuptools and `make dashboard-assets` for npm's cache)"
 
 
 def _offline_env(home: Path) -> dict[str, str]:
@@ -148,16 +155,20 @@ def release(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Release]:
     # `pip wheel --no-deps` with build isolation: setuptools comes from the wheelhouse, and
     # setup.py's build_py runs `npm ci` (offline) for the chart library.
     dist = work / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dist), str(src)], timeout=300, env=env, cwd=work)
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dist), str(src)], timeout=300, env=env, cwd=work, hint=BUILD_HINT)
     (wheel,) = dist.glob("runstream-*.whl")
 
     venv = work / "venv"
     _run([sys.executable, "-m", "venv", str(venv)], timeout=120, env=env, cwd=work)
     rel = Release(wheel=wheel, venv=venv, work=work, env=env, baseline=set())
     rel.baseline = rel.inventory().dists
-    _run([str(rel.python), "-m", "pip", "install", "--quiet", str(wheel)], timeout=300, env=env, cwd=work)
+    _run([str(rel.python), "-m", "pip", "install", "--quiet", str(wheel)], timeout=300, env=env, cwd=work, hint=PIP_HINT)
     print(f"\npackaging: clone + wheel + client install {time.monotonic() - started:.1f} s")
     yield rel
+    # The server install is most of a GiB and pytest keeps its last temp folders: drop the
+    # venv and the clone, keep the logs.
+    shutil.rmtree(venv, ignore_errors=True)
+    shutil.rmtree(src, ignore_errors=True)
 
 
 def test_the_wheel_holds_runstream_only_with_the_dashboard_assets(release: Release) -> None:
@@ -249,7 +260,13 @@ async def test_client_install_logs_a_run_to_kafka(release: Release, logged_run: 
 
 def test_server_extra_from_the_wheel_serves_the_dashboard(release: Release, logged_run: LoggedRun, kafka_bootstrap: str) -> None:
     started = time.monotonic()
-    _run([str(release.python), "-m", "pip", "install", "--quiet", f"{release.wheel}[server]"], timeout=600, env=release.env, cwd=release.work)
+    _run(
+        [str(release.python), "-m", "pip", "install", "--quiet", f"{release.wheel}[server]"],
+        timeout=600,
+        env=release.env,
+        cwd=release.work,
+        hint=PIP_HINT,
+    )
     release.server_installed = True
     installed = time.monotonic() - started
     dists = release.inventory().dists
