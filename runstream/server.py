@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
@@ -29,6 +30,25 @@ def tune_gc() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*GC_THRESHOLDS)
+
+
+async def _until_processor_fails(work: Awaitable[Any], proc: Any, end_work: Callable[[], None]) -> None:
+    """Await `work` (the api server, or the wait for a signal). A processor whose loop
+    stopped on a non-transient storage error ends it too (end_work), and its error is then
+    raised: the process exits non-zero instead of living on without consuming."""
+    running = asyncio.ensure_future(work)
+    closed = asyncio.ensure_future(proc.wait_closed()) if proc is not None else None
+    try:
+        await asyncio.wait({running} if closed is None else {running, closed}, return_when=asyncio.FIRST_COMPLETED)
+        if closed is not None and closed.done():
+            end_work()
+            await running
+            closed.result()
+        await running
+    finally:
+        for task in (running, closed):
+            if task is not None and not task.done():
+                task.cancel()
 
 
 async def serve(
@@ -71,14 +91,14 @@ async def serve(
 
                 threading.Thread(target=run_demo, kwargs={"settings": settings, "stop": stop_demo, **demo}, daemon=True).start()
             print(f"runstream dashboard: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}/", flush=True)
-            await server.serve(sockets=[listen_socket(host, port)])
+            await _until_processor_fails(server.serve(sockets=[listen_socket(host, port)]), proc, lambda: setattr(server, "should_exit", True))
         else:
             tune_gc()
             done = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, done.set)
-            await done.wait()
+            await _until_processor_fails(done.wait(), proc, done.set)
     finally:
         stop_demo.set()
         if proc is not None:

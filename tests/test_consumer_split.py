@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
-from runstream.processor.consumer import _split
+from runstream.processor.intake import split
 
 
 @dataclass
@@ -20,7 +20,7 @@ def _polled(sizes: dict[int, list[int]]) -> dict[TopicPartition, list[Msg]]:
 
 def test_a_batch_takes_the_partitions_heads_in_turn_up_to_the_budget() -> None:
     data = _polled({0: [40] * 10, 1: [40] * 2, 2: [40] * 10})
-    batch, rest = _split(data, 400)
+    batch, rest = split(data, 400)
     sizes = {tp.partition: sum(len(m.value) for m in ms) for tp, ms in batch.items()}
     assert sum(sizes.values()) == 400 and sizes == {0: 160, 1: 80, 2: 160}  # the short partition is not starved
     for tp in data:  # each partition: a prefix in the batch, the rest after it, offsets in order and none lost
@@ -30,12 +30,12 @@ def test_a_batch_takes_the_partitions_heads_in_turn_up_to_the_budget() -> None:
 
 
 def test_a_record_larger_than_the_budget_still_makes_a_batch_of_its_own() -> None:
-    batch, rest = _split(_polled({0: [1000, 10], 1: [10]}), 100)
+    batch, rest = split(_polled({0: [1000, 10], 1: [10]}), 100)
     assert [m.offset for m in batch[TopicPartition("t", 0)]] == [0] and TopicPartition("t", 1) not in batch
     assert [m.offset for m in rest[TopicPartition("t", 0)]] == [1] and [m.offset for m in rest[TopicPartition("t", 1)]] == [0]
 
 
 def test_what_fits_is_taken_whole() -> None:
     data = _polled({0: [10, 20], 3: [30]})
-    batch, rest = _split(data, 60)
+    batch, rest = split(data, 60)
     assert batch == data and rest == {}

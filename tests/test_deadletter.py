@@ -10,9 +10,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from runstream.processor.consumer import Processor
+from runstream.processor.deadletter import DeadLetters
+from runstream.processor.stats import ProcessorStats
 
 from runstream import Experiment
-from runstream.config import Settings
 from runstream.storage.store import Store
 from tests.conftest import Stack, new_settings, wait_until
 
@@ -138,31 +139,29 @@ def test_records_met_again_after_a_re_read_are_dead_lettered_once() -> None:
 
     class _Producer:
         def __init__(self) -> None:
-            self.sent: list[bytes] = []
+            self.sent: list[tuple[str, bytes]] = []
+            self.down = False
 
         async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-            self.sent.append(value)
+            if self.down:
+                raise ConnectionError("broker away")
+            self.sent.append((topic, value))
 
     class _Msg:
         def __init__(self, offset: int) -> None:
             self.topic, self.partition, self.offset, self.key, self.value = "ev", 2, offset, None, b"bad"
 
-    proc = Processor(Settings(), store=None, publish_live=False)  # type: ignore[arg-type]
     producer = _Producer()
-    proc._producer = producer  # type: ignore[assignment]
-    first = [(_Msg(o), "not valid JSON") for o in (2, 3, 4)]
-    asyncio.run(proc._dead_letter(first))
-    asyncio.run(proc._dead_letter([(_Msg(o), "not valid JSON") for o in (3, 4, 9)]))  # re-read from 3, then a new one
-    assert proc.stats.dead_letters == 4
-    assert [orjson.loads(v)["offset"] for v in producer.sent] == [2, 3, 4, 9]
+    stats = ProcessorStats()
+    letters = DeadLetters(producer, "dlq", stats)
+    asyncio.run(letters.send([(_Msg(o), "not valid JSON") for o in (2, 3, 4)]))
+    asyncio.run(letters.send([(_Msg(o), "not valid JSON") for o in (3, 4, 9)]))  # re-read from 3, then a new one
+    assert stats.dead_letters == 4
+    assert [orjson.loads(v)["offset"] for _, v in producer.sent] == [2, 3, 4, 9] and {t for t, _ in producer.sent} == {"dlq"}
 
-    class _Down(_Producer):
-        async def send_and_wait(self, topic: str, value: bytes, key: bytes | None = None) -> None:
-            raise ConnectionError("broker away")
-
-    proc._producer = _Down()  # type: ignore[assignment]
+    producer.down = True
     with pytest.raises(ConnectionError):
-        asyncio.run(proc._dead_letter([(_Msg(10), "not valid JSON")]))
-    proc._producer = producer  # type: ignore[assignment]
-    asyncio.run(proc._dead_letter([(_Msg(10), "not valid JSON")]))  # the re-read after the failed send
-    assert [orjson.loads(v)["offset"] for v in producer.sent][-1] == 10
+        asyncio.run(letters.send([(_Msg(10), "not valid JSON")]))
+    producer.down = False
+    asyncio.run(letters.send([(_Msg(10), "not valid JSON")]))  # the re-read after the failed send
+    assert [orjson.loads(v)["offset"] for _, v in producer.sent][-1] == 10

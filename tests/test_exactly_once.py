@@ -6,11 +6,14 @@ import time
 import uuid
 from typing import Any
 
+import pytest
 from aiokafka import TopicPartition
 from runstream.processor.consumer import Processor
+from runstream.processor.prepare import Preparer
 
 from runstream import Experiment
 from runstream.config import Settings
+from runstream.errors import StorageError
 from runstream.storage.schema import WATERMARKED_TABLES
 from runstream.storage.store import Store
 from tests.conftest import Stack, new_settings, wait_until
@@ -136,8 +139,8 @@ def test_repositioning_a_partition_revoked_meanwhile_does_not_end_the_loop(home,
         ids = _log_runs(settings, runs=1, steps=100, prefix="revoked")
         wait_until(lambda: _points(store, ids) == 200, 60, what="points before the stale reposition")
         gone = TopicPartition(settings.events_topic, settings.partitions + 3)  # never assigned to this member
-        proc.watermarks["ingested_events"][(gone.topic, gone.partition)] = 5  # a stored offset: the seek is attempted
-        stack.run(proc._reposition({gone}))
+        proc.watermarks.tables["ingested_events"][(gone.topic, gone.partition)] = 5  # a stored offset: the seek is attempted
+        stack.run(proc.parts.positions.reposition({gone}))
         ids += _log_runs(settings, runs=1, steps=100, prefix="revoked-after")
         wait_until(lambda: _points(store, ids) == 400, 60, what="points after the stale reposition")
     finally:
@@ -147,23 +150,26 @@ def test_repositioning_a_partition_revoked_meanwhile_does_not_end_the_loop(home,
 def test_an_unexpected_error_in_the_loop_drops_nothing_and_writes_nothing_twice(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
     settings = new_settings(home, kafka_bootstrap)
     proc = Processor(settings, store, group_id=f"g-loop-{uuid.uuid4().hex[:6]}", publish_live=False)
-    prepare = proc._prepare
     failures = {"left": 2}
 
-    async def flaky_prepare(data: Any) -> Any:
-        if failures["left"]:
-            failures["left"] -= 1
-            raise RuntimeError("injected loop failure")
-        return await prepare(data)
+    class FlakyPreparer:
+        def __init__(self, real: Preparer) -> None:
+            self.real = real
 
-    proc._prepare = flaky_prepare  # type: ignore[method-assign]
+        async def prepare(self, data: Any) -> Any:
+            if failures["left"]:
+                failures["left"] -= 1
+                raise RuntimeError("injected loop failure")
+            return await self.real.prepare(data)
+
+    proc.preparer = FlakyPreparer(proc.preparer)  # type: ignore[assignment]
     stack.run(proc.start())
     try:
         ids = _log_runs(settings, runs=3, steps=500, prefix="loop-error")
         wait_until(lambda: _points(store, ids) >= 3 * 500 * 2, 60, what="points after injected loop failures")
         wait_until(lambda: proc.stats.consumer_lag == 0, 30, what="processor caught up")
         assert failures["left"] == 0 and "injected loop failure" in proc.stats.last_error
-        assert proc._task is not None and not proc._task.done()
+        assert proc.running
     finally:
         stack.run(proc.stop())
     rows = store.query_rows("SELECT uniqExact(run_id, metric, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids})
@@ -215,7 +221,7 @@ def _ledgers_in_small_batches(settings: Settings, store: Store, stack: Stack, pr
             run.complete()
         ids = [r.id for r in runs]
         wait_until(lambda: _points(store, ids) == n_runs * steps, 60, what="points written")
-        wait_until(lambda: proc.stats.consumer_lag == 0 and not proc._ledger_queue, 30, what="ledger drained")
+        wait_until(lambda: proc.stats.consumer_lag == 0 and proc.ledger.queued == 0, 30, what="ledger drained")
     finally:
         stack.run(proc.stop())
     params = {"ids": ids}
@@ -235,7 +241,7 @@ def _ledgers_in_small_batches(settings: Settings, store: Store, stack: Stack, pr
 def test_ledgers_queued_behind_a_slow_one_are_written_together_each_event_once(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
     settings = new_settings(home, kafka_bootstrap)
     proc = Processor(settings, store, group_id=f"g-ledger-{uuid.uuid4().hex[:6]}", publish_live=False)
-    write_group = proc._write_ledger_group
+    write_group = proc.ledger.write_group
     sizes: list[int] = []
 
     def slow_group(group: list[Any], done_tables: set[str]) -> None:
@@ -244,7 +250,7 @@ def test_ledgers_queued_behind_a_slow_one_are_written_together_each_event_once(h
             time.sleep(0.3)  # a busy ledger lane: the batches behind it queue up
         write_group(group, done_tables)
 
-    proc._write_ledger_group = slow_group  # type: ignore[method-assign]
+    proc.ledger.write_group = slow_group  # type: ignore[method-assign]
     _ledgers_in_small_batches(settings, store, stack, proc, "ledger-groups", 3, 300)
     assert max(sizes) > 1, sizes  # some ledgers were written together
 
@@ -252,15 +258,52 @@ def test_ledgers_queued_behind_a_slow_one_are_written_together_each_event_once(h
 def test_ledgers_within_the_ledger_interval_are_written_together_each_event_once(home, kafka_bootstrap: str, store: Store, stack: Stack) -> None:
     settings = new_settings(home, kafka_bootstrap)
     proc = Processor(settings, store, group_id=f"g-interval-{uuid.uuid4().hex[:6]}", publish_live=False, ledger_interval=0.5)
-    write_group = proc._write_ledger_group
+    write_group = proc.ledger.write_group
     groups: list[tuple[float, int]] = []
 
     def timed_group(group: list[Any], done_tables: set[str]) -> None:
         groups.append((time.monotonic(), len(group)))
         write_group(group, done_tables)
 
-    proc._write_ledger_group = timed_group  # type: ignore[method-assign]
+    proc.ledger.write_group = timed_group  # type: ignore[method-assign]
     _ledgers_in_small_batches(settings, store, stack, proc, "ledger-interval", 2, 200)  # a batch every few ms
     starts = [t for t, _ in groups]
     assert all(b - a >= 0.49 for a, b in zip(starts, starts[1:])), starts  # at most one ledger write per interval
     assert max(n for _, n in groups) > 1, groups
+
+
+def test_a_non_transient_storage_error_stops_the_processor_and_a_restart_writes_every_point_once(
+    home, kafka_bootstrap: str, store: Store, stack: Stack
+) -> None:
+    """A failure that would fail the same way on every try (here a schema the code does not
+    match) is tried once, ends the consume loop with that error, and commits nothing."""
+    settings = new_settings(home, kafka_bootstrap)
+    group = f"g-fatal-{uuid.uuid4().hex[:6]}"
+    attempts = {"n": 0}
+
+    def schema_mismatch(what: str) -> None:
+        if what == "insert batch":
+            attempts["n"] += 1
+            raise StorageError("DatabaseError: Code: 16. DB::Exception: No such column in table. (NO_SUCH_COLUMN_IN_TABLE)", transient=False)
+
+    ids = _log_runs(settings, runs=2, steps=300, prefix="fatal")  # waiting in Kafka
+    proc = Processor(settings, store, group_id=group, publish_live=False, fail_injector=schema_mismatch)
+    stack.run(proc.start())
+    try:
+        with pytest.raises(StorageError, match="NO_SUCH_COLUMN_IN_TABLE"):
+            stack.run(proc.wait_closed(), 60)
+        assert not proc.running and proc.failure is not None and not proc.failure.transient
+        assert attempts["n"] == 1 and proc.stats.fatal_storage_errors == 1 and proc.stats.batches_retried == 0
+        assert proc.stats.batches == 0 and _points(store, ids) == 0
+    finally:
+        stack.run(proc.stop())
+    proc = Processor(settings, store, group_id=group, publish_live=False)  # the fixed build, same group
+    stack.run(proc.start())
+    try:
+        wait_until(lambda: _points(store, ids) == 2 * 300 * 2, 60, what="every point after the restart")
+        wait_until(lambda: proc.stats.consumer_lag == 0 and proc.ledger.queued == 0, 30, what="processor idle")
+    finally:
+        stack.run(proc.stop())
+    rows = store.query_rows("SELECT uniqExact(run_id, metric, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", {"ids": ids})
+    assert rows == [(1200, 1200)]
+    assert store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", {"ids": ids}) == [(2,)]

@@ -6,27 +6,128 @@ run on worker threads, each with its own connection (chdb allows many handles
 to the one engine a process can host, and runs their queries in parallel).
 Writes have a thread of their own: a dashboard's reads never queue in front of
 the processor's inserts. One process-wide Store per DSN, shared by processor and api.
+
+A failed ClickHouse call raises StorageError, whose `transient` says whether the same
+call can succeed later (`is_transient`): the processor retries only those.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
 import clickhouse_connect
 import pyarrow as pa
 from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from runstream.errors import StorageError
 from runstream.storage.schema import migrate
 
 T = TypeVar("T")
 
 _stores: dict[str, Store] = {}
 _stores_lock = threading.Lock()
+
+# ClickHouse error codes after which the same call can succeed: the server, a replica or
+# the coordination service is away, a limit of the moment was reached (memory, parts
+# awaiting merges, concurrent queries, a quota's interval), or the call was cut off.
+TRANSIENT_CODES = frozenset(
+    {
+        159,  # TIMEOUT_EXCEEDED
+        160,  # TOO_SLOW
+        201,  # QUOTA_EXCEEDED
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        225,  # NO_ZOOKEEPER
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY
+        243,  # NOT_ENOUGH_SPACE
+        252,  # TOO_MANY_PARTS
+        279,  # ALL_CONNECTION_TRIES_FAILED
+        285,  # TOO_FEW_LIVE_REPLICAS
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        394,  # QUERY_WAS_CANCELLED
+        425,  # SYSTEM_ERROR (an errno from the server's OS)
+        439,  # CANNOT_SCHEDULE_TASK
+        473,  # DEADLOCK_AVOIDED
+        733,  # TABLE_IS_BEING_RESTARTED
+        999,  # KEEPER_EXCEPTION
+        1000,  # POCO_EXCEPTION (the server's network layer)
+    }
+)
+# Answers of a proxy or a server that is starting or overloaded, when no code came with them.
+TRANSIENT_HTTP_STATUSES = frozenset({408, 429, 502, 503, 504})
+# OS errors of the moment: resources (memory, disk, descriptors) and the network.
+TRANSIENT_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.EBUSY, errno.EINTR, errno.ENOMEM, errno.ENOSPC, errno.EMFILE, errno.ENFILE}
+    | {errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH}
+)
+# chdb raises RuntimeErrors whose text carries the engine's code; clickhouse-connect's errors carry it as `code`.
+_CODE = re.compile(r"\bCode:\s*(\d+)\. DB::Exception")
+_HTTP_STATUS = re.compile(r"HTTP status (\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code of a failure, when it came from the engine or the server."""
+    code = getattr(exc, "code", None) if isinstance(exc, ClickHouseError) else None
+    if isinstance(code, int):
+        return code
+    if isinstance(exc, ClickHouseError | RuntimeError):
+        match = _CODE.search(str(exc))
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether the same call can succeed later. A ClickHouse code decides when there is one;
+    a transport failure (no answer from the server, a connection refused or reset, a
+    timeout) is transient; any other error, ClickHouse's (a syntax error, an unknown table
+    or column, a type mismatch) or Python's (TypeError, KeyError... from a bug or bad
+    data), fails the same way on every try."""
+    if isinstance(exc, StorageError):
+        return exc.transient
+    code = error_code(exc)
+    if code is not None:
+        return code in TRANSIENT_CODES
+    if isinstance(exc, OperationalError):  # clickhouse-connect: the request got no answer
+        return True
+    if isinstance(exc, ClickHouseError):
+        status = _HTTP_STATUS.search(str(exc))
+        return status is not None and int(status.group(1)) in TRANSIENT_HTTP_STATUSES
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    if isinstance(exc, OSError):
+        return exc.errno in TRANSIENT_ERRNOS
+    return False
+
+
+def storage_error(exc: BaseException) -> StorageError:
+    """`exc` as a StorageError (itself when it is one), classified by is_transient."""
+    if isinstance(exc, StorageError):
+        return exc
+    return StorageError(f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
+
+
+@contextmanager
+def _clickhouse_call() -> Iterator[None]:
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        raise storage_error(exc) from exc
 
 
 def _make_client(dsn: str) -> Client:
@@ -64,37 +165,50 @@ class Store:
             self._local.client = client
         return client
 
-    # --- sync API (call from the worker thread, or from scripts and tests) ---
+    # --- sync API (call from the worker thread, or from scripts and tests); failures raise StorageError ---
     def query_rows(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        rows: Any = self.client().query(sql, parameters=params, settings=settings).result_rows
-        return [tuple(r) for r in rows]
+        with _clickhouse_call():
+            rows: Any = self.client().query(sql, parameters=params, settings=settings).result_rows
+            return [tuple(r) for r in rows]
 
     def query_dicts(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        result = self.client().query(sql, parameters=params, settings=settings)
-        names = result.column_names
-        return [dict(zip(names, row)) for row in result.result_rows]
+        with _clickhouse_call():
+            result = self.client().query(sql, parameters=params, settings=settings)
+            names = result.column_names
+            return [dict(zip(names, row)) for row in result.result_rows]
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        return self.client().command(sql, parameters=params)
+        with _clickhouse_call():
+            return self.client().command(sql, parameters=params)
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         if data.num_rows:
-            self.client().insert_arrow(table, data)
+            with _clickhouse_call():
+                self.client().insert_arrow(table, data)
 
     def insert_rows(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
         if rows:
-            self.client().insert(table, [tuple(r) for r in rows], column_names=list(columns))
+            with _clickhouse_call():
+                self.client().insert(table, [tuple(r) for r in rows], column_names=list(columns))
 
     # --- async API ---
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run fn on a reader thread."""
+        """Run fn on a reader thread. Its own errors (an api query's NotFound, BadRequest) pass
+        as they are; the store's calls inside it raise StorageError."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, lambda: fn(*args, **kwargs))
 
     async def call_write(self, fn: Callable[..., T], *args: Any, lane: int = 0, **kwargs: Any) -> T:
-        """Run fn on a writer lane (one thread each, calls in order): the processor's inserts and its own reads."""
+        """Run fn on a writer lane (one thread each, calls in order): the processor's inserts and its own reads.
+        Any failure raises StorageError: fn also holds the code that shapes an insert, and a
+        bug there fails again on every try (not transient)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writers[lane], lambda: fn(*args, **kwargs))
+        try:
+            return await loop.run_in_executor(self._writers[lane], lambda: fn(*args, **kwargs))
+        except StorageError:
+            raise
+        except Exception as exc:
+            raise storage_error(exc) from exc
 
     async def aquery_dicts(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         return await self.call(self.query_dicts, sql, params, settings)
