@@ -18,7 +18,9 @@ One import name, in layers (kept by the import-linter contracts in pyproject.tom
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+# Not typing.TYPE_CHECKING: importing typing would cost `import runstream` more than the
+# interpreter's own start (the CLI and every server process import this first).
+TYPE_CHECKING = False
 
 __version__ = "0.1.0"
 __all__ = ["Experiment", "Run", "__version__"]
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from runstream.ingest.run import Experiment, Run
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     # Lazy: `import runstream.storage` or the CLI's `--version` need not load the Kafka client.
     if name in ("Experiment", "Run"):
         from runstream.ingest import run
