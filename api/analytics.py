@@ -11,9 +11,9 @@ from typing import Any, Literal
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
+
 from runstream.api import analytics_queries as aq
 from runstream.api.sql_guard import SqlEngine
-
 from runstream.storage.store import Store
 
 router = APIRouter(prefix="/api/v1", tags=["analytics"])

@@ -12,7 +12,6 @@ import math
 from typing import Any
 
 from runstream.api.queries import SUMMARY_SELECT, SUMMARY_STATS, BadRequest, _scope, clean, run_row_to_json
-
 from runstream.storage.schema import RUN_FIELDS
 from runstream.storage.store import Store
 

@@ -16,9 +16,9 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
 from runstream.api import analytics, auth, gateway, live, metrics, routes_runs
 from runstream.api.artifacts import LocalArtifactStore
-
 from runstream.config import Settings
 from runstream.errors import ApiError
 from runstream.keys import KeyStore

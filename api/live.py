@@ -23,9 +23,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from runstream.api import queries
 
 from runstream import kafka
+from runstream.api import queries
 from runstream.config import Settings
 from runstream.errors import NotFound
 from runstream.live import ORIGIN_HEADER

@@ -30,6 +30,7 @@ class PipelineCollector(Collector):
                 ("points_written", s.points_written, "metric points stored in ClickHouse"),
                 ("batches", s.batches, "batches written"),
                 ("batches_retried", s.batches_retried, "ClickHouse calls retried with back-off"),
+                ("fatal_storage_errors", s.fatal_storage_errors, "non-transient ClickHouse failures (each stops the processor)"),
                 ("dead_letters", s.dead_letters, "events sent to the dead-letter topic"),
                 ("live_updates_published", s.live_messages, "per-run live updates published"),
                 ("live_bytes_published", s.live_bytes, "bytes of live updates published"),

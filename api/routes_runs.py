@@ -6,9 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
+
 from runstream.api import queries
 from runstream.api.artifacts import LocalArtifactStore
-
 from runstream.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from runstream.storage.store import Store
 

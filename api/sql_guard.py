@@ -39,8 +39,8 @@ from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from runstream.api.sql_views import ALL_PROJECTS_DB, VIEWS, ViewRegistry
 
+from runstream.api.sql_views import ALL_PROJECTS_DB, VIEWS, ViewRegistry
 from runstream.errors import BadRequest
 from runstream.storage.store import Store
 

@@ -26,7 +26,6 @@ import re
 import threading
 
 from runstream.api.queries import SUMMARY_SELECT
-
 from runstream.storage.schema import RUN_FIELDS
 from runstream.storage.store import Store
 

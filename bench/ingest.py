@@ -35,11 +35,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from runstream.ingest.shipper import get_shipper  # noqa: E402
-
 from bench.common import Pipeline, ProcessorProcess, free_port, machine, point_keys, shard_point_keys, union_check  # noqa: E402
 from runstream import Experiment, Run  # noqa: E402
 from runstream.config import Settings  # noqa: E402
+from runstream.ingest.shipper import get_shipper  # noqa: E402
 from runstream.kafka_broker import LocalBroker  # noqa: E402
 
 

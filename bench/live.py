@@ -131,10 +131,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import uvicorn
-    from runstream.api.app import create_app, listen_socket, server_config
-    from runstream.processor.consumer import Processor
 
     from bench.common import Pipeline, free_port, machine
+    from runstream.api.app import create_app, listen_socket, server_config
+    from runstream.processor.consumer import Processor
     from runstream.server import tune_gc
     from runstream.storage.store import get_store
 

@@ -47,9 +47,8 @@ def _dir_bytes(path: Path) -> int:
 
 def client_child(kafka: str, home: Path, prefix: str, seconds: float, freeze_pid: int | None, reachable: bool) -> dict[str, Any]:
     """The training process of one client phase: log as fast as possible, sample RSS each second."""
-    from runstream.ingest.shipper import get_shipper
-
     from runstream import Experiment
+    from runstream.ingest.shipper import get_shipper
 
     settings = Settings().with_(home=home, kafka=kafka, topic_prefix=prefix, api_key=None)
     rss_start = rss_mib()
@@ -176,9 +175,8 @@ def _slope(xs: list[float], ys: list[float]) -> float:
 
 
 def processor_phase(kafka: str, home: Path, seconds: float, rate: float) -> None:
-    from runstream.ingest.shipper import get_shipper
-
     from runstream import Experiment
+    from runstream.ingest.shipper import get_shipper
 
     prefix = f"mem{uuid.uuid4().hex[:8]}"
     settings = Settings().with_(home=home, kafka=kafka, topic_prefix=prefix, api_key=None)

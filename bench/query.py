@@ -179,8 +179,8 @@ def main() -> None:
     print(f"points stored: {store.query_rows('SELECT count() FROM metric_points')[0][0]:,}")
 
     from fastapi.testclient import TestClient
-    from runstream.api.app import create_app
 
+    from runstream.api.app import create_app
     from runstream.config import Settings
 
     app = create_app(Settings().with_(home=args.data, clickhouse=store.dsn, api_key=None), store)

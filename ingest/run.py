@@ -16,13 +16,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from runstream.config import Settings
 from runstream.ingest import capture
 from runstream.ingest.buffer import EVENT_POINTS as EVENT_POINTS  # re-exported: the bound on points per event
 from runstream.ingest.buffer import RunBuffer
 from runstream.ingest.shipper import Shipper, get_shipper
 from runstream.ingest.values import InvalidInput, check_name, coerce_scalar_text, coerce_value
-
-from runstream.config import Settings
 from runstream.wire import MAX_LOG_LINE, TERMINAL_STATUSES
 
 _INF = math.inf

@@ -29,11 +29,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from runstream.ingest.buffer import Event, Outbox
-from runstream.ingest.spool import Spool
-
 from runstream import kafka
 from runstream.config import Settings
+from runstream.ingest.buffer import Event, Outbox
+from runstream.ingest.spool import Spool
 from runstream.wire import encode
 
 log = logging.getLogger("runstream.client")

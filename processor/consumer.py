@@ -31,6 +31,10 @@ from typing import Any
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from aiokafka.admin import NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
+
+from runstream import kafka
+from runstream.config import Settings
+from runstream.errors import StorageError
 from runstream.processor.caches import RunCache
 from runstream.processor.deadletter import DeadLetters
 from runstream.processor.intake import MAX_BATCH_BYTES, Intake
@@ -41,10 +45,6 @@ from runstream.processor.publish import LivePublisher, LiveSink
 from runstream.processor.retry import StorageRetry
 from runstream.processor.stats import ProcessorStats
 from runstream.processor.watermarks import Watermarks
-
-from runstream import kafka
-from runstream.config import Settings
-from runstream.errors import StorageError
 from runstream.storage.store import Store
 
 log = logging.getLogger("runstream.processor")

@@ -15,6 +15,7 @@ import time
 from typing import Any, Protocol
 
 import orjson
+
 from runstream.processor.stats import ProcessorStats
 
 log = logging.getLogger("runstream.processor")

@@ -23,13 +23,12 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 import pyarrow as pa
+
 from runstream.processor import batch as batching
 from runstream.processor.prepare import Prepared
 from runstream.processor.retry import Retry
-from runstream.processor.runstate import RUN_COLUMNS
 from runstream.processor.watermarks import Watermarks
-
-from runstream.storage.schema import WATERMARKED_TABLES
+from runstream.storage.schema import RUN_COLUMNS, WATERMARKED_TABLES
 
 log = logging.getLogger("runstream.processor")
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from runstream.processor.batch import MetricGroups, metric_groups
 
 from runstream.events import ValidatedEvent
 from runstream.live import LIVE_LOG_LINES, LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS, LiveUpdate, MetricSlot, update_for
+from runstream.processor.batch import MetricGroups, metric_groups
 
 RunKey = tuple[str, str]  # (project, run id)
 

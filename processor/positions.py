@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError
+
 from runstream.processor.stats import ProcessorStats
 from runstream.processor.watermarks import Watermarks
 

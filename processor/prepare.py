@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import TopicPartition
+
+from runstream.events import ValidatedEvent
 from runstream.processor import batch as batching
 from runstream.processor.caches import RunCache
 from runstream.processor.live import RunKey
@@ -22,8 +24,6 @@ from runstream.processor.runstate import apply
 from runstream.processor.seen import SeenIds
 from runstream.processor.stats import ProcessorStats
 from runstream.processor.watermarks import Watermarks
-
-from runstream.events import ValidatedEvent
 from runstream.wire import WireError, decode, validate
 
 

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import orjson
+
+from runstream.live import ORIGIN_HEADER, LiveUpdate
 from runstream.processor.caches import RunCache
 from runstream.processor.live import build_updates
 from runstream.processor.prepare import Prepared
 from runstream.processor.stats import ProcessorStats
-
-from runstream.live import ORIGIN_HEADER, LiveUpdate
 
 log = logging.getLogger("runstream.processor")
 

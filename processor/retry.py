@@ -28,9 +28,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
-from runstream.processor.stats import ProcessorStats
-
 from runstream.errors import StorageError
+from runstream.processor.stats import ProcessorStats
 from runstream.storage.store import storage_error
 
 log = logging.getLogger("runstream.processor")

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from runstream.storage.schema import RUN_COLUMNS as RUN_COLUMNS  # the row order run_rows follow
 from runstream.wire import TERMINAL_STATUSES
 
 # Persist a row for last_seen alone only this often; status changes are written at once.
@@ -37,6 +36,7 @@ class RunState:
     dirty: bool = False
 
     def row(self, version: int) -> list[Any]:
+        """The runs row, in storage.schema.RUN_COLUMNS order."""
         return [
             self.project,
             self.run_id,

@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from aiokafka import TopicPartition
+
 from runstream.processor import batch as batching
 from runstream.processor.retry import Retry
-
 from runstream.storage.schema import WATERMARKED_TABLES
 
 

@@ -19,10 +19,10 @@ from typing import Any, TypeVar
 
 import pytest
 import uvicorn
-from runstream.processor.consumer import Processor
 
 from runstream.config import Settings
 from runstream.kafka_broker import LocalBroker, broker_answers
+from runstream.processor.consumer import Processor
 from runstream.storage.store import Store, get_store
 
 T = TypeVar("T")

@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
+
 from runstream.api.app import create_app
 from runstream.api.sql_guard import Limits, QueryRefused, SqlEngine
 from runstream.api.sql_views import scope_database
-
 from runstream.config import Settings
 from runstream.storage.schema import SUMMARIES_FROM_POINTS
 from runstream.storage.store import Store
@@ -451,6 +451,7 @@ def test_engine_layers_refuse_without_the_lexer(store: Store, client: TestClient
 
 def test_client_query_helper(client: TestClient, sql_data: Fixture) -> None:
     import pandas as pd
+
     from runstream.ingest.query import QueryError, query
 
     sql = f"SELECT run_id, count FROM metric_summaries WHERE project = '{sql_data.project}' AND metric = 'mse' ORDER BY run_id"

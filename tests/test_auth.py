@@ -20,10 +20,10 @@ import pytest
 import uvicorn
 import websockets
 from fastapi.testclient import TestClient
-from runstream.api.app import create_app, server_config
 from starlette.websockets import WebSocketDisconnect
 
 from runstream import Experiment
+from runstream.api.app import create_app, server_config
 from runstream.keys import KeyStore
 from tests.conftest import Stack, free_port, wait_until
 

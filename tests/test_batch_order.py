@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
-from runstream.processor import batch as batching
-from runstream.processor.batch import Record, build
 
 from runstream.events import ValidatedEvent
+from runstream.processor import batch as batching
+from runstream.processor.batch import Record, build
 from runstream.storage.store import Store
 from runstream.wire import validate
 

@@ -9,8 +9,8 @@ import math
 from typing import Any
 
 import numpy as np
-from runstream.ingest.buffer import EVENT_POINTS, Event, RunBuffer
 
+from runstream.ingest.buffer import EVENT_POINTS, Event, RunBuffer
 from runstream.wire import PACKED_DTYPES
 
 T0 = 1_700_000_000.0

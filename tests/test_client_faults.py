@@ -10,11 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
-from runstream.ingest.shipper import Shipper
-from runstream.processor.consumer import Processor
 
 from runstream import Experiment, Run
+from runstream.ingest.shipper import Shipper
 from runstream.kafka_broker import LocalBroker
+from runstream.processor.consumer import Processor
 from runstream.storage.store import Store
 from tests.conftest import Stack, free_port, new_settings, wait_until
 

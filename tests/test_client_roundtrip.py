@@ -7,10 +7,10 @@ import threading
 
 import numpy as np
 import pytest
-from runstream.ingest.values import InvalidInput
 
 from runstream import Experiment, Run
 from runstream.config import Settings
+from runstream.ingest.values import InvalidInput
 from tests.conftest import Stack, wait_until
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from aiokafka import TopicPartition
+
 from runstream.processor.intake import split
 
 

@@ -9,11 +9,11 @@ import time
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from runstream import Experiment
 from runstream.processor.consumer import Processor
 from runstream.processor.deadletter import DeadLetters
 from runstream.processor.stats import ProcessorStats
-
-from runstream import Experiment
 from runstream.storage.store import Store
 from tests.conftest import Stack, new_settings, wait_until
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
+from runstream import errors
 from runstream.api.sql_guard import QueryRefused
 from runstream.ingest.query import QueryError
 from runstream.ingest.values import InvalidInput, check_name
-
-from runstream import errors
 from runstream.kafka_broker import BrokerError
 from runstream.keys import KeyStoreError
 

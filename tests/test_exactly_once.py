@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 from aiokafka import TopicPartition
-from runstream.processor.consumer import Processor
-from runstream.processor.prepare import Preparer
 
 from runstream import Experiment
 from runstream.config import Settings
 from runstream.errors import StorageError
+from runstream.processor.consumer import Processor
+from runstream.processor.prepare import Preparer
 from runstream.storage.schema import WATERMARKED_TABLES
 from runstream.storage.store import Store
 from tests.conftest import Stack, new_settings, wait_until

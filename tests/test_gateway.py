@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+
 from runstream.api import gateway
 from runstream.api.app import create_app
-
 from tests.conftest import Stack, wait_until
 
 

@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 import pytest
-from runstream.api.live import MAX_POINTS_PER_METRIC, LiveHub, Subscriber, compact_update, merge_update
 from websockets.sync.client import ClientConnection, connect
 
 from runstream import Experiment
+from runstream.api.live import MAX_POINTS_PER_METRIC, LiveHub, Subscriber, compact_update, merge_update
 from runstream.config import Settings
 from tests.conftest import Stack, wait_until
 
@@ -255,8 +255,8 @@ def test_an_api_without_the_processor_gets_updates_from_the_live_topic_and_the_l
     """`runstream up` hands its processor's updates to its own hub in-process; another api
     instance reads them from the live topic, and the first hub skips its own copies there."""
     import uvicorn
-    from runstream.api.app import create_app, listen_socket, server_config
 
+    from runstream.api.app import create_app, listen_socket, server_config
     from tests.conftest import free_port
 
     _hub_ready(stack)
@@ -295,8 +295,9 @@ def test_updates_that_arrive_while_the_snapshot_is_read_follow_it() -> None:
     (a runs list showing Running for a run that completed while it subscribed)."""
     from types import SimpleNamespace
 
-    from runstream.api.live import websocket_endpoint
     from starlette.websockets import WebSocketDisconnect
+
+    from runstream.api.live import websocket_endpoint
 
     class Store:
         def __init__(self) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 import pytest
 from aiokafka import TopicPartition
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+
+from runstream.errors import StorageError
 from runstream.processor import batch as batching
 from runstream.processor.intake import LOADED_POINTS, PAUSE_S, Intake
 from runstream.processor.lanes import LedgerLane
@@ -20,8 +22,6 @@ from runstream.processor.prepare import Prepared
 from runstream.processor.retry import StorageRetry
 from runstream.processor.stats import ProcessorStats
 from runstream.processor.watermarks import Watermarks
-
-from runstream.errors import StorageError
 from runstream.server import _until_processor_fails
 from runstream.storage.store import Store, is_transient, storage_error
 

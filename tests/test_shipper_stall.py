@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 import runstream.ingest.shipper as shipper_module
+from runstream.config import Settings
 from runstream.ingest.buffer import RunBuffer
 from runstream.ingest.shipper import Shipper
-
-from runstream.config import Settings
 from runstream.wire import decode
 from tests.conftest import wait_until
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from runstream.ingest.run import Experiment, Run
-from runstream.ingest.values import InvalidInput
-from runstream.processor.live import build_updates
 
 from runstream.config import Settings
 from runstream.events import ValidatedEvent
+from runstream.ingest.run import Experiment, Run
+from runstream.ingest.values import InvalidInput
 from runstream.live import LIVE_POINTS_PER_METRIC, LIVE_TAIL_POINTS
+from runstream.processor.live import build_updates
 from runstream.wire import WireError, pack, validate
 from tests.conftest import NullShipper
 
