@@ -13,7 +13,11 @@ from websockets.sync.client import ClientConnection, connect
 from runstream import Experiment
 from runstream.api.live import MAX_POINTS_PER_METRIC, LiveHub, Subscriber, compact_update, merge_update
 from runstream.config import Settings
+from runstream.storage.store import Store as RealStore
 from tests.conftest import Stack, wait_until
+
+# A hub whose test never reads the store (it routes and pumps only).
+NO_STORE: RealStore = None  # type: ignore[assignment]
 
 
 def _ws(stack: Stack) -> ClientConnection:
@@ -164,8 +168,7 @@ def test_subscriber_queue_blocks_without_blocking_dispatch() -> None:
             self.sent.append(text)
 
     async def scenario() -> None:
-        hub = LiveHub.__new__(LiveHub)
-        hub.stats = {"updates_in": 0, "messages_sent": 0, "updates_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
+        hub = LiveHub(Settings(), NO_STORE)
         sock = BlockedSocket()
         sub = Subscriber(sock, None, hub)  # type: ignore[arg-type]
         pump = asyncio.create_task(sub.pump())
@@ -208,9 +211,7 @@ def test_experiment_watchers_share_one_frame_per_batch_and_coalesce_once_behind(
         async def send_text(self, text: str) -> None:
             self.sent.append(text)
 
-    hub = LiveHub.__new__(LiveHub)
-    hub.stats = {"updates_in": 0, "messages_sent": 0, "updates_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
-    hub.by_run, hub.by_experiment, hub.subscribers = {}, {}, set()
+    hub = LiveHub(Settings(), NO_STORE)
     socks = [Sock() for _ in range(3)]
     a, b, both = (Subscriber(sock, None, hub) for sock in socks)  # type: ignore[arg-type]
     for sub in (a, b, both):
@@ -332,10 +333,7 @@ def test_updates_that_arrive_while_the_snapshot_is_read_follow_it() -> None:
             self.got.set()
 
     async def scenario() -> None:
-        hub = LiveHub.__new__(LiveHub)
-        hub.stats = {"updates_in": 0, "messages_sent": 0, "updates_sent": 0, "coalesced": 0, "dropped_by_coalescing": 0}
-        hub.by_run, hub.by_experiment, hub.subscribers = {}, {}, set()
-        hub.store = Store()  # type: ignore[assignment]
+        hub = LiveHub(Settings(), Store())  # type: ignore[arg-type]
         sock = Socket(SimpleNamespace(state=SimpleNamespace(hub=hub, auth=None)))
         endpoint = asyncio.create_task(websocket_endpoint(sock))  # type: ignore[arg-type]
         await sock.inbox.put(json.dumps({"subscribe": {"experiment": "e"}}))
