@@ -80,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
     kafka.add_argument("action", choices=["start", "stop", "status"])
     _add_common(kafka)
 
+    clickhouse = sub.add_parser("clickhouse", help="a local ClickHouse server (HTTP interface) for development")
+    clickhouse.add_argument("action", choices=["start", "stop", "status"])
+    clickhouse.add_argument("--port", type=int, default=8123, help="HTTP port on 127.0.0.1 (default 8123)")
+    clickhouse.add_argument("--home", help="local state folder (RUNSTREAM_HOME)")
+
     keys = sub.add_parser("keys", help="API keys (stored hashed under RUNSTREAM_HOME)")
     keys_sub = keys.add_subparsers(dest="keys_action", required=True)
     create = keys_sub.add_parser("create", help="create a key for a project; prints the token once")
@@ -111,6 +116,16 @@ def main(argv: list[str] | None = None) -> int:
             print(getattr(broker, args.action)())
         except BrokerError as exc:
             print(f"runstream kafka {args.action}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "clickhouse":
+        from runstream.clickhouse_server import ClickHouseServerError, LocalClickHouse
+
+        server = LocalClickHouse(settings.home, args.port)
+        try:
+            print(getattr(server, args.action)())
+        except ClickHouseServerError as exc:
+            print(f"runstream clickhouse {args.action}: {exc}", file=sys.stderr)
             return 1
         return 0
     if args.command == "keys":
