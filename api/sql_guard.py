@@ -169,8 +169,15 @@ def _function_denied(name: str) -> bool:
     return low in DENIED_FUNCTIONS or low.startswith(DENIED_FUNCTION_PREFIXES)
 
 
-def check_ast(lines: list[str], scope_db: str, storage_db: str) -> None:
-    """Refuse from `EXPLAIN AST` output (one node per line, indented by depth)."""
+def check_ast(lines: list[str], scope_db: str, storage_db: str, embedded: bool = True) -> None:
+    """Refuse from `EXPLAIN AST` output (one node per line, indented by depth).
+
+    The two engines differ in what they parse: the embedded engine's client sends the
+    query's settings as a SETTINGS clause and appends FORMAT Native, so its AST has one
+    `Set` node and a top-level `Identifier Native` of the client's own; the server's
+    HTTP interface takes settings and format out of band (`SqlEngine._explain`), so
+    there (`embedded=False`) the AST is the user's query alone and neither may appear.
+    """
     if not lines or not lines[0].startswith(("SelectWithUnionQuery", "SelectIntersectExceptQuery")):
         kind = lines[0].split()[0] if lines else "nothing"
         raise QueryRefused(f"only SELECT queries are allowed (got {kind})", 403)
@@ -195,10 +202,10 @@ def check_ast(lines: list[str], scope_db: str, storage_db: str) -> None:
                     raise QueryRefused(f"unknown view {table!r}; the views are {', '.join(VIEWS)}", 403)
             elif node == "TableIdentifier" or low in foreign or low.startswith(ALL_PROJECTS_DB):
                 raise QueryRefused(f"{name!r} is not one of the documented views ({', '.join(VIEWS)})", 403)
-        elif depth == 1 and node not in ("ExpressionList", "Set") and not (node == "Identifier" and name == "Native"):
+        elif depth == 1 and node not in ("ExpressionList", "Set") and not (embedded and node == "Identifier" and name == "Native"):
             # A top-level Literal is INTO OUTFILE, an extra Identifier a FORMAT.
             raise QueryRefused("only a plain SELECT is allowed (no INTO OUTFILE / FORMAT)", 403)
-    if settings_nodes > 1:
+    if settings_nodes > (1 if embedded else 0):
         raise QueryRefused("a SETTINGS clause is not allowed", 403)
 
 
@@ -208,7 +215,10 @@ _FUNCTION = re.compile(r"^\s*FUNCTION id: \d+, function_name: ([^,\s]+)")
 
 
 def check_query_tree(lines: list[str], scope_db: str) -> None:
-    """Refuse unless every table the analyser resolved is one of the scope's views."""
+    """Refuse unless every table the analyser resolved is one of the scope's views.
+
+    Both engines' shapes pass: the embedded one adds a `SETTINGS readonly=2` line of the
+    client's settings, which no pattern here matches."""
     allowed = {f"{scope_db}.{v}" for v in VIEWS} | ALLOWED_SYSTEM_TABLES
     for line in lines:
         if m := _TABLE_FUNCTION.match(line):
@@ -338,10 +348,16 @@ class SqlEngine:
 
     def _explain(self, kind: str, sql: str, settings: dict[str, Any]) -> list[str]:
         try:
-            rows = self.client().query(f"EXPLAIN {kind} {sql}", settings=settings).result_rows
+            if self.store.embedded:
+                rows = self.client().query(f"EXPLAIN {kind} {sql}", settings=settings).result_rows
+                return [str(r[0]) for r in rows]
+            # Over HTTP, query() appends FORMAT Native, which `EXPLAIN AST` parses as part of the
+            # explained query (its output then comes back as text the client cannot read). No
+            # FORMAT in the text: the server's default format, set per request, gives the lines.
+            raw = self.client().raw_query(f"EXPLAIN {kind} {sql}", settings={**settings, "default_format": "TabSeparatedRaw"})
         except Exception as exc:
             raise _clickhouse_error(exc) from None
-        return [str(r[0]) for r in rows]
+        return raw.decode("utf-8", "replace").splitlines()
 
     def run(self, sql: str, project: str | None, fmt: str = "json", max_rows: int | None = None, timeout_s: float | None = None) -> QueryResult:
         """Validate and run `sql` in `project`'s scope (None = all projects). Blocking; see `arun`."""
@@ -364,7 +380,7 @@ class SqlEngine:
             client.database = db
             settings = self.settings(timeout, rows_cap)
             started = time.perf_counter()
-            check_ast(self._explain("AST", sql, {"readonly": 2}), db, self.storage_db())
+            check_ast(self._explain("AST", sql, {"readonly": 2}), db, self.storage_db(), embedded=self.store.embedded)
             check_query_tree(self._explain("QUERY TREE", sql, settings), db)
             remaining = timeout - (time.perf_counter() - started)
             if remaining <= 0:
