@@ -361,16 +361,18 @@ class LiveHub:
         listing = queries.list_runs(self.store, project, experiment=target[1], order_by="-created_at", limit=SNAPSHOT_RUNS)
         runs = listing["runs"]
         if runs:
+            # Keyed by (project, run id): a run id is unique only within its project.
             rows = self.store.query_dicts(
-                f"SELECT run_id, metric, {queries.SUMMARY_SELECT} FROM metric_summaries "
-                "WHERE run_id IN {ids:Array(String)} GROUP BY run_id, metric",
-                {"ids": [r["id"] for r in runs]},
+                f"SELECT project, run_id, metric, {queries.SUMMARY_SELECT} FROM metric_summaries "
+                "WHERE run_id IN {ids:Array(String)} AND project IN {projects:Array(String)} GROUP BY project, run_id, metric",
+                {"ids": sorted({r["id"] for r in runs}), "projects": sorted({r["project"] for r in runs})},
             )
-            summaries: dict[str, dict[str, Any]] = {}
+            summaries: dict[tuple[str, str], dict[str, Any]] = {}
             for r in rows:
-                summaries.setdefault(r["run_id"], {})[r["metric"]] = {k: queries.clean(r[k]) for k in ("last", "min", "max", "count", "last_step")}
+                slot = {k: queries.clean(r[k]) for k in ("last", "min", "max", "count", "last_step")}
+                summaries.setdefault((r["project"], r["run_id"]), {})[r["metric"]] = slot
             for r in runs:
-                r["metrics"] = summaries.get(r["id"], {})
+                r["metrics"] = summaries.get((r["project"], r["id"]), {})
         return runs
 
 

@@ -353,3 +353,39 @@ def test_updates_that_arrive_while_the_snapshot_is_read_follow_it() -> None:
         assert not hub.subscribers and not hub.by_experiment
 
     asyncio.run(scenario())
+
+
+def test_a_snapshot_keys_summaries_by_project_and_run_id(stack: Stack, settings: Settings, kafka_bootstrap: str) -> None:
+    """Two projects' runs with one run id: an experiment's snapshot gives each its own metrics."""
+    import uuid
+
+    import orjson
+    from aiokafka import AIOKafkaProducer
+
+    run_id, experiment, now = f"shared-{uuid.uuid4().hex[:8]}", f"tenancy-{uuid.uuid4().hex[:6]}", time.time()
+    events = []
+    for project, loss in (("tenant-a", 1.0), ("tenant-b", 2.0)):
+        common = {"v": 1, "run": run_id, "project": project, "ts": now}
+        events.append({**common, "id": f"{project}:start", "kind": "run_start", "experiment": experiment, "name": project})
+        events.append({**common, "id": f"{project}:m", "kind": "metrics", "names": ["loss"], "m": [0, 0], "s": [0, 1], "x": [loss, loss + 0.5]})
+
+    async def send() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for event in events:
+                await producer.send_and_wait(settings.events_topic, orjson.dumps(event), key=run_id.encode())
+        finally:
+            await producer.stop()
+
+    stack.run(send())
+    sql = "SELECT count() FROM metric_summaries WHERE run_id = {r:String} GROUP BY project"
+    wait_until(lambda: len(stack.store.query_rows(sql, {"r": run_id})) == 2, 60, what="both projects' summaries stored")
+    hub = stack.server.config.app.state.hub  # type: ignore[union-attr]
+    runs = {r["project"]: r for r in hub.snapshot(("experiment", experiment), None)}
+    assert set(runs) == {"tenant-a", "tenant-b"}
+    assert runs["tenant-a"]["metrics"]["loss"]["last"] == 1.5 and runs["tenant-a"]["metrics"]["loss"]["count"] == 2
+    assert runs["tenant-b"]["metrics"]["loss"]["last"] == 2.5 and runs["tenant-b"]["metrics"]["loss"]["min"] == 2.0
+    # A key's scope reads only its own project's run.
+    scoped = hub.snapshot(("experiment", experiment), "tenant-b")
+    assert [(r["project"], r["metrics"]["loss"]["max"]) for r in scoped] == [("tenant-b", 2.5)]
