@@ -11,6 +11,7 @@ import asyncio
 import importlib.util
 import logging
 import sys
+from typing import Any
 from urllib.parse import urlparse
 
 from runstream.config import Settings
@@ -108,24 +109,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     settings = _settings(args)
-    if args.command == "kafka":
-        from runstream.kafka_broker import BrokerError, LocalBroker
+    if args.command in ("kafka", "clickhouse"):
+        from runstream.errors import ServiceError
 
-        broker = LocalBroker(settings.home, settings.kafka)
-        try:
-            print(getattr(broker, args.action)())
-        except BrokerError as exc:
-            print(f"runstream kafka {args.action}: {exc}", file=sys.stderr)
-            return 1
-        return 0
-    if args.command == "clickhouse":
-        from runstream.clickhouse_server import ClickHouseServerError, LocalClickHouse
+        if args.command == "kafka":
+            from runstream.kafka_broker import LocalBroker
 
-        server = LocalClickHouse(settings.home, args.port)
+            service: Any = LocalBroker(settings.home, settings.kafka)
+        else:
+            from runstream.clickhouse_server import LocalClickHouse
+
+            service = LocalClickHouse(settings.home, args.port)
         try:
-            print(getattr(server, args.action)())
-        except ClickHouseServerError as exc:
-            print(f"runstream clickhouse {args.action}: {exc}", file=sys.stderr)
+            print(getattr(service, args.action)())
+        except ServiceError as exc:
+            print(f"runstream {args.command} {args.action}: {exc}", file=sys.stderr)
             return 1
         return 0
     if args.command == "keys":

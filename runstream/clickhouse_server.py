@@ -19,15 +19,14 @@ which the `runstream[server]` install brings; it is a dev tool, not a deployment
 from __future__ import annotations
 
 import importlib.util
-import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from runstream.daemon import log_tail, port_open, running_pid, terminate
 from runstream.errors import ServiceError
 
 HOST = "127.0.0.1"
@@ -43,14 +42,6 @@ _MARKER = b"runstream.clickhouse_server"
 
 class ClickHouseServerError(ServiceError):
     """The local development ClickHouse server cannot start, answer or stop."""
-
-
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def pings(url: str, timeout: float = 1.0) -> bool:
@@ -79,24 +70,7 @@ class LocalClickHouse:
         return self.url_for(self.port)
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        try:  # a zombie or a reused pid is not our server
-            if _MARKER not in Path(f"/proc/{pid}/cmdline").read_bytes():
-                return None
-            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
-                return None
-        except (OSError, IndexError):
-            pass
-        return pid
+        return running_pid(self.pid_file, _MARKER)
 
     def running_port(self) -> int:
         """The port the running server was started on (the flag's when unknown)."""
@@ -135,36 +109,15 @@ class LocalClickHouse:
             if pings(self.url):
                 return f"started (pid {proc.pid}) at {self.url}"
             time.sleep(0.1)
-        self._terminate(proc.pid, 10.0)
+        terminate(proc.pid, self.pid_file, _MARKER, 10.0)
         raise ClickHouseServerError(f"ClickHouse did not answer {self.url}/ping within {timeout}s; last log lines:\n{self.tail()}")
-
-    def _terminate(self, pid: int, timeout: float) -> None:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:  # reap it when it is our child (a start that failed)
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            if self.pid() is None:
-                break
-            time.sleep(0.1)
-        else:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.pid_file.unlink(missing_ok=True)
 
     def stop(self, timeout: float = 30.0) -> str:
         pid = self.pid()
         if pid is None:
             self.pid_file.unlink(missing_ok=True)
             return "stopped (was not running)"
-        self._terminate(pid, timeout)
+        terminate(pid, self.pid_file, _MARKER, timeout)
         return f"stopped (pid {pid})"
 
     def status(self) -> str:
@@ -175,10 +128,7 @@ class LocalClickHouse:
         return f"stopped ({self.url} would be its URL)"
 
     def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_file, n)
 
 
 def _serve(data_dir: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +18,10 @@ import time
 import uuid
 from pathlib import Path
 
+from runstream.daemon import log_tail, port_open, running_pid, terminate
 from runstream.errors import ServiceError
+
+_MARKER = b"kafka.Kafka"  # in the broker's command line: a pid of ours
 
 POM = Path(__file__).resolve().parent / "kafka_dist" / "pom.xml"
 KAFKA_VERSION = "4.1.1"
@@ -72,14 +74,6 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 async def _answers(bootstrap: str, timeout: float) -> bool:
     from runstream import kafka
 
@@ -114,23 +108,7 @@ class LocalBroker:
         self.log_file = self.dir / "broker.log"
 
     def pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return pid
-        try:  # a zombie or a reused pid is not our broker
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            if b"kafka.Kafka" not in cmdline:
-                return None
-        except OSError:
-            pass
-        return pid
+        return running_pid(self.pid_file, _MARKER)
 
     def _write_config(self) -> Path:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -252,19 +230,7 @@ class LocalBroker:
         pid = self.pid()
         if pid is None:
             return "not running"
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.pid() is None:
-                break
-            try:
-                os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                pass
-            time.sleep(0.1)
-        else:
-            os.kill(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
+        terminate(pid, self.pid_file, _MARKER, timeout)
         return f"stopped (pid {pid})"
 
     def status(self) -> str:
@@ -277,7 +243,4 @@ class LocalBroker:
         return "not running"
 
     def tail(self, n: int = 30) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_file, n)

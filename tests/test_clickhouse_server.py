@@ -14,7 +14,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from runstream.clickhouse_server import pings, port_open
+from runstream.clickhouse_server import pings
+from runstream.daemon import port_open
 from runstream.storage.store import get_store
 from tests.conftest import free_port, wait_until
 

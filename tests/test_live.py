@@ -5,9 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from typing import Any
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 from websockets.sync.client import ClientConnection, connect
 
 from runstream import Experiment
@@ -357,11 +360,6 @@ def test_updates_that_arrive_while_the_snapshot_is_read_follow_it() -> None:
 
 def test_a_snapshot_keys_summaries_by_project_and_run_id(stack: Stack, settings: Settings, kafka_bootstrap: str) -> None:
     """Two projects' runs with one run id: an experiment's snapshot gives each its own metrics."""
-    import uuid
-
-    import orjson
-    from aiokafka import AIOKafkaProducer
-
     run_id, experiment, now = f"shared-{uuid.uuid4().hex[:8]}", f"tenancy-{uuid.uuid4().hex[:6]}", time.time()
     events = []
     for project, loss in (("tenant-a", 1.0), ("tenant-b", 2.0)):

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 
 from runstream.api.sql_guard import QueryRefused, SqlEngine
-from runstream.clickhouse_server import port_open
+from runstream.daemon import port_open
 from runstream.storage.store import Store, get_store
 from tests.conftest import free_port, wait_until
 from tests.test_analytics import FORBIDDEN
