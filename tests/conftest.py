@@ -1,5 +1,13 @@
-"""Session fixtures: one real Kafka broker, one embedded ClickHouse engine, and
-a pipeline (processor + api) running on a background event loop.
+"""Session fixtures: one real Kafka broker, ClickHouse two ways (the embedded
+engine and a ClickHouse HTTP server), and a pipeline (processor + api) running
+on a background event loop.
+
+`store`, and with it `stack` and `settings`, is parametrised by engine: every
+test that touches storage runs on `chdb://` and on `http://` (pytest runs all
+of one engine's tests, then tears its stack down before the next one's).
+`RUNSTREAM_TEST_ENGINES=chdb` (or `http`) narrows a local run to one engine;
+`@pytest.mark.one_engine` keeps a test whose subject is not storage (the
+browser, packaging) to the embedded engine.
 
 Tests isolate themselves with fresh topic prefixes and run ids rather than
 fresh services, so the suite starts each service once.
@@ -20,6 +28,7 @@ from typing import Any, TypeVar
 import pytest
 import uvicorn
 
+from runstream.clickhouse_server import LocalClickHouse
 from runstream.config import Settings
 from runstream.kafka_broker import LocalBroker, broker_answers
 from runstream.processor.consumer import Processor
@@ -88,8 +97,38 @@ def kafka_bootstrap(home: Path) -> Iterator[str]:
         broker.stop()
 
 
+ENGINES = tuple(e for e in os.environ.get("RUNSTREAM_TEST_ENGINES", "chdb,http").split(",") if e)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "one_engine: run on the embedded engine only (the test's subject is not storage)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep, drop = [], []
+    for item in items:
+        engine = getattr(getattr(item, "callspec", None), "params", {}).get("store")
+        (drop if engine not in (None, ENGINES[0]) and item.get_closest_marker("one_engine") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
-def store(home: Path) -> Store:
+def clickhouse_server(home: Path) -> Iterator[str]:
+    """A ClickHouse HTTP server (chdb's clickhouse-local with its listener) for the session: its DSN."""
+    server = LocalClickHouse(home, free_port())
+    server.start()
+    try:
+        yield f"{server.url}/default"
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session", params=ENGINES)
+def store(request: pytest.FixtureRequest, home: Path) -> Store:
+    if request.param == "http":
+        return get_store(request.getfixturevalue("clickhouse_server"))
     return get_store(f"chdb://{home / 'clickhouse'}")
 
 

@@ -21,6 +21,9 @@ from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
 
+# The subject is not storage: the embedded engine is enough (tests/conftest.py).
+pytestmark = pytest.mark.one_engine
+
 pytestmark = pytest.mark.browser
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -12,6 +12,9 @@ from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
 
+# The subject is not storage: the embedded engine is enough (tests/conftest.py).
+pytestmark = pytest.mark.one_engine
+
 
 def test_stdout_and_stderr_become_output_log_lines(settings: Settings, stack: Stack) -> None:
     run = Experiment("capture", settings=settings).start_logging(capture_output=True)

@@ -36,6 +36,7 @@ def _count(store: Store, ids: list[str]) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
+@pytest.mark.one_engine  # the subject is the broker; storage only counts
 def test_broker_stopped_while_logging_then_restarted_loses_nothing(outage_broker, store: Store, stack: Stack) -> None:
     home, bootstrap, broker = outage_broker
     settings = new_settings(home, bootstrap)

@@ -192,6 +192,7 @@ def test_decoder_takes_any_json_text(raw: bytes) -> None:
         pass
 
 
+@pytest.mark.one_engine  # the subject is the gateway's validation, before storage
 @settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     body=st.one_of(

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
+
+# The subject is not storage: the embedded engine is enough (tests/conftest.py).
+pytestmark = pytest.mark.one_engine
 
 
 def _scrape(stack: Stack) -> dict[str, float]:

@@ -10,15 +10,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+from runstream.storage.schema import MIGRATIONS
+
 SCRIPT = r"""
 import json, sys
 import clickhouse_connect
-from runstream.storage import schema
+from runstream.storage import migrations, schema
 
 client = clickhouse_connect.get_client(dsn="chdb://" + sys.argv[1])
 full = list(schema.MIGRATIONS)
 schema.MIGRATIONS[:] = [m for m in full if m[0] < 3]
-schema.migrate(client)
+migrations.migrate(client)
 # The codecs before migration 4 (migration 1 now declares the current ones).
 old_codecs = [f"MODIFY COLUMN {c} {d.replace('LZ4', 'ZSTD(1)')}" for c, d in schema.METRIC_POINT_CODECS.items()]
 old_codecs.append("MODIFY COLUMN run_id String")
@@ -28,8 +30,8 @@ client.command("INSERT INTO metric_points (project, run_id, metric, step, value,
                "FROM numbers(5000)")
 before = client.query("SELECT count(), sum(value), uniqExact(run_id, metric, step) FROM metric_points").result_rows[0]
 schema.MIGRATIONS[:] = full
-applied = schema.migrate(client)
-again = schema.migrate(client)
+applied = migrations.migrate(client)
+again = migrations.migrate(client)
 after = client.query("SELECT count(), sum(value), uniqExact(run_id, metric, step) FROM metric_points").result_rows[0]
 key = client.query("SELECT sorting_key FROM system.tables WHERE database = currentDatabase() AND name = 'metric_points'").result_rows[0][0]
 projections = client.query("SELECT count() FROM system.projections WHERE table = 'metric_points'").result_rows[0][0]
@@ -55,7 +57,7 @@ def test_migrations_3_to_7_reorder_metric_points_switch_codecs_and_types_refill_
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["before"] == result["after"] == [5000, sum(i * 0.5 for i in range(5000)), 5000]
-    assert result["applied"] == [3, 4, 5, 6, 7] and result["again"] == []
+    assert result["applied"] == [v for v, _ in MIGRATIONS if v >= 3] and result["again"] == []
     for table, declared in result["merge_settings"].items():
         assert "min_parts_to_merge_at_once = 10" in declared and "merge_selector_base = 10" in declared, (table, declared)
     assert result["types"]["run_id"] == "LowCardinality(String)"

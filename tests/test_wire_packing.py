@@ -20,6 +20,9 @@ from runstream.processor.live import build_updates
 from runstream.wire import WireError, pack, validate
 from tests.conftest import NullShipper
 
+# The subject is not storage: the embedded engine is enough (tests/conftest.py).
+pytestmark = pytest.mark.one_engine
+
 
 def _metrics_event(**columns: Any) -> dict[str, Any]:
     event = {"v": 1, "id": "w:1", "kind": "metrics", "run": "r1", "project": "p", "ts": 1_700_000_000.0, "names": ["loss", "acc"]}

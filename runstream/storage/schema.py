@@ -1,13 +1,11 @@
 """The storage schema and its migrations, in one place (see docs/storage.md).
 
-`migrate` is idempotent: every statement is CREATE ... IF NOT EXISTS and the
-applied versions are recorded in `schema_migrations`, so every process runs it
-on start-up.
+The applied versions are recorded in `schema_migrations`; every process runs
+`runstream.storage.migrations.migrate` on start-up, which applies the missing
+ones one process at a time.
 """
 
 from __future__ import annotations
-
-from typing import Protocol
 
 # Tables written from Kafka carry the message's topic, partition and offset:
 # the per-table maximum offset is the watermark that makes redelivery harmless.
@@ -263,27 +261,3 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         [f"ALTER TABLE {table} MODIFY SETTING {MERGE_SETTINGS}" for table in STREAMED_TABLES],
     ),
 ]
-
-
-class Commander(Protocol):
-    def command(self, cmd: str) -> object: ...
-
-    def query(self, query: str) -> object: ...
-
-
-def migrate(client: Commander) -> list[int]:
-    """Apply every migration not yet recorded; return the versions applied now."""
-    client.command(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version UInt32, applied_at DateTime DEFAULT now())"
-        " ENGINE = ReplacingMergeTree ORDER BY version"
-    )
-    done = {row[0] for row in client.query("SELECT version FROM schema_migrations").result_rows}  # type: ignore[attr-defined]
-    applied = []
-    for version, statements in MIGRATIONS:
-        if version in done:
-            continue
-        for statement in statements:
-            client.command(statement)
-        client.command(f"INSERT INTO schema_migrations (version) VALUES ({int(version)})")
-        applied.append(version)
-    return applied

@@ -29,7 +29,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
 from runstream.errors import StorageError
-from runstream.storage.schema import migrate
+from runstream.storage.migrations import migrate
 
 T = TypeVar("T")
 
@@ -156,7 +156,8 @@ class Store:
         # ledger (runs, ingested_events) on the other, each in order.
         self._writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"clickhouse-write{i}") for i in range(2)]
         self._local = threading.local()
-        migrate(self.client())
+        # Its own connection for the migration lock's heartbeat thread.
+        self.applied_migrations = migrate(self.client(), connect=lambda: _make_client(dsn))
 
     def client(self) -> Client:
         client = getattr(self._local, "client", None)
