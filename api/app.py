@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from runstream.api import analytics, auth, gateway, live, metrics, routes_runs
 from runstream.api.artifacts import LocalArtifactStore
+from runstream.api.sql_guard import Limits
 from runstream.config import Settings
 from runstream.errors import ApiError
 from runstream.keys import KeyStore
@@ -90,6 +91,7 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     if processor is not None:
         app.state.hub.attach(processor)
     app.state.max_upload_bytes = 512 * 1024 * 1024
+    app.state.sql_limits = Limits(concurrency=settings.sql_concurrency, project_share=settings.sql_project_share, dsn=settings.sql_clickhouse or None)
     app.state.started_at = time.time()
 
     app.state.auth = auth.Auth(KeyStore(settings.home / "keys.json"))

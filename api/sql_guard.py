@@ -15,9 +15,13 @@ Defence in layers, cheapest first (docs/analytics.md lists what is refused):
    refuse the per-query limits we attach, so readonly=2 is used and the
    user's own SETTINGS clauses are refused by 1 and 2 instead.
 
-User queries run on a client of their own (its own chdb handle, or HTTP client),
-on its own worker thread: its current database is the view database, and a
-slow query cannot stall the api's other reads.
+User queries run on clients of their own (a chdb handle or HTTP client per
+worker thread, whose current database is the view database), never on the
+store's reader or writer threads: a slow query cannot stall the api's other
+reads or the processor's inserts. `api.sql_gate` admits them: up to
+`Limits.concurrency` at once, at most `Limits.project_share` of them one
+project's. Each also runs with per-query caps on threads, memory, rows and bytes
+read, result rows and bytes, and time (ClickHouse settings; docs/analytics.md).
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 
+from runstream.api.sql_gate import FairGate
 from runstream.api.sql_views import ALL_PROJECTS_DB, VIEWS, ViewRegistry
 from runstream.errors import BadRequest
 from runstream.storage.store import Store
@@ -79,8 +84,14 @@ class Limits:
     max_rows: int = 1_000_000  # ceiling for a request's max_rows
     default_rows: int = 10_000
     max_rows_to_read: int = 1_000_000_000
+    max_bytes_to_read: int = 64 * 1024**3
     max_memory_bytes: int = 2 * 1024**3
+    max_result_bytes: int = 512 * 1024**2
+    max_threads: int = 2  # per query: `concurrency` queries use at most concurrency * max_threads cores
     max_sql_chars: int = 100_000
+    concurrency: int = 4  # queries running at once, all projects
+    project_share: int = 2  # of which one project's at most
+    dsn: str | None = None  # a ClickHouse user of their own for user SQL (a read-only profile); default the store's
 
 
 # --- layer 1: lexer ----------------------------------------------------------
@@ -304,30 +315,34 @@ def to_csv(columns: list[str], rows: list[list[Any]]) -> bytes:
 class SqlEngine:
     """Runs guarded user SQL on a dedicated client and thread."""
 
-    def __init__(self, store: Store, limits: Limits | None = None) -> None:
+    def __init__(self, store: Store, limits: Limits | None = None, gate: FairGate | None = None) -> None:
         self.store = store
         self.limits = limits or Limits()
+        self.gate = gate or FairGate(self.limits.concurrency, self.limits.project_share)
         self.views = ViewRegistry()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="user-sql")
-        self._client: Client | None = None
+        self._executor = ThreadPoolExecutor(max_workers=self.limits.concurrency, thread_name_prefix="user-sql")
+        self._local = threading.local()
         self._storage_db: str | None = None
-        self._lock = threading.Lock()
 
     def client(self) -> Client:
-        # Its own handle: USE (the view database) is per handle, and the api's
-        # shared client must keep its storage database.
-        if self._client is None:
+        # One handle per worker thread: USE (the view database) is per handle, and the
+        # api's shared client must keep its storage database.
+        client: Client | None = getattr(self._local, "client", None)
+        if client is None:
+            dsn = self.limits.dsn or self.store.dsn
             if self.store.embedded:
-                client = clickhouse_connect.get_client(dsn=self.store.dsn)
+                client = clickhouse_connect.get_client(dsn=dsn)
             else:
-                client = clickhouse_connect.get_client(dsn=self.store.dsn, autogenerate_session_id=False)
-            # The DSN's database, before this client is pointed at a view database.
-            self._storage_db = str(client.query("SELECT currentDatabase()").result_rows[0][0])
-            self._client = client
-        return self._client
+                client = clickhouse_connect.get_client(dsn=dsn, autogenerate_session_id=False)
+            if self._storage_db is None:
+                # The DSN's database, before any client is pointed at a view database.
+                self._storage_db = str(client.query("SELECT currentDatabase()").result_rows[0][0])
+            self._local.client = client
+        return client
 
     def storage_db(self) -> str:
-        self.client()
+        if self._storage_db is None:
+            self.client()
         assert self._storage_db is not None
         return self._storage_db
 
@@ -340,9 +355,12 @@ class SqlEngine:
             # +1 so that a cut result is detectable; 'break' may overshoot by a block, sliced afterwards.
             "max_result_rows": max_rows + 1,
             "result_overflow_mode": "break",
+            "max_result_bytes": lim.max_result_bytes,
             "max_rows_to_read": lim.max_rows_to_read,
+            "max_bytes_to_read": lim.max_bytes_to_read,
             "read_overflow_mode": "throw",
             "max_memory_usage": lim.max_memory_bytes,
+            "max_threads": lim.max_threads,
             "allow_introspection_functions": 0,
         }
 
@@ -371,34 +389,36 @@ class SqlEngine:
             raise QueryRefused(f"max_rows must be between 1 and {lim.max_rows}")
         timeout = lim.timeout_s if timeout_s is None else min(float(timeout_s), lim.timeout_s)
         sql = scan(sql)
-        with self._lock:
-            client = self.client()
-            # DDL through the store's client: this client's session ends up readonly (the
-            # chdb backend cannot restore `readonly` after a SET-applied query).
-            db = self.views.ensure(self.store, self.storage_db(), project)
-            # Serialised by the lock and the single worker thread: the database is client state.
-            client.database = db
-            settings = self.settings(timeout, rows_cap)
-            started = time.perf_counter()
-            check_ast(self._explain("AST", sql, {"readonly": 2}), db, self.storage_db(), embedded=self.store.embedded)
-            check_query_tree(self._explain("QUERY TREE", sql, settings), db)
-            remaining = timeout - (time.perf_counter() - started)
-            if remaining <= 0:
-                raise QueryRefused(f"time limit of {timeout:g} s exceeded while analysing the query", 408)
-            settings["max_execution_time"] = remaining
-            try:
-                if fmt == "parquet":
-                    return self._run_parquet(client, sql, settings, rows_cap, started)
-                result = client.query(sql, settings=settings)
-            except QueryRefused:
-                raise
-            except Exception as exc:
-                raise _clickhouse_error(exc) from None
+        # One client per worker thread: the client, and its current database, are this thread's alone.
+        client = self.client()
+        # DDL through the store's client: this client's session ends up readonly (the
+        # chdb backend cannot restore `readonly` after a SET-applied query).
+        db = self.views.ensure(self.store, self.storage_db(), project)
+        client.database = db
+        settings = self.settings(timeout, rows_cap)
+        started = time.perf_counter()
+        check_ast(self._explain("AST", sql, {"readonly": 2}), db, self.storage_db(), embedded=self.store.embedded)
+        check_query_tree(self._explain("QUERY TREE", sql, settings), db)
+        remaining = timeout - (time.perf_counter() - started)
+        if remaining <= 0:
+            raise QueryRefused(f"time limit of {timeout:g} s exceeded while analysing the query", 408)
+        settings["max_execution_time"] = remaining
+        try:
+            if fmt == "parquet":
+                return self._run_parquet(client, sql, settings, rows_cap, started)
+            result = client.query(sql, settings=settings)
+        except QueryRefused:
+            raise
+        except Exception as exc:
+            raise _clickhouse_error(exc) from None
         columns = list(result.column_names)
         types = [t.name for t in result.column_types]
         all_rows = result.result_rows
         rows = [[jsonable(v) for v in row] for row in all_rows[:rows_cap]]
-        out = QueryResult(columns, types, rows, len(all_rows) > rows_cap, (time.perf_counter() - started) * 1000)
+        # A server reports the result's bytes; a result it cut at max_result_bytes is marked
+        # truncated too (the embedded engine reports no size: there only the row cap is seen).
+        cut_by_bytes = int(result.summary.get("result_bytes", 0) or 0) >= lim.max_result_bytes
+        out = QueryResult(columns, types, rows, len(all_rows) > rows_cap or cut_by_bytes, (time.perf_counter() - started) * 1000)
         if fmt == "csv":
             out.body = to_csv(columns, rows)
         return out
@@ -416,6 +436,11 @@ class SqlEngine:
         out.row_count = table.num_rows
         return out
 
-    async def arun(self, *args: Any, **kwargs: Any) -> QueryResult:
+    async def arun(
+        self, sql: str, project: str | None, fmt: str = "json", max_rows: int | None = None, timeout_s: float | None = None
+    ) -> QueryResult:
+        """`run` on a worker thread once the gate admits it; waiting for a slot may take up to the query's time limit."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, lambda: self.run(*args, **kwargs))
+        wait = self.limits.timeout_s if timeout_s is None else min(float(timeout_s), self.limits.timeout_s)
+        async with self.gate.slot(project, wait_s=wait):
+            return await loop.run_in_executor(self._executor, lambda: self.run(sql, project, fmt, max_rows, timeout_s))

@@ -46,6 +46,11 @@ class Settings:
     # Producer compression of the client's events: lz4 shrinks packed columns ~4x on the
     # wire but costs the training process CPU (see compression_for).
     kafka_compression_setting: str = field(default_factory=lambda: _env("RUNSTREAM_KAFKA_COMPRESSION", "auto"))
+    # User SQL (`POST /api/v1/query`): queries running at once, one project's share of them,
+    # and optionally a ClickHouse user of its own (a read-only settings profile on a server).
+    sql_concurrency: int = field(default_factory=lambda: int(_env("RUNSTREAM_SQL_CONCURRENCY", "4")))
+    sql_project_share: int = field(default_factory=lambda: int(_env("RUNSTREAM_SQL_PROJECT_SHARE", "2")))
+    sql_clickhouse: str = field(default_factory=lambda: os.environ.get("RUNSTREAM_SQL_CLICKHOUSE", ""))
 
     def __post_init__(self) -> None:
         compression_for(self.kafka_compression_setting, self.kafka)  # a bad value fails here, not in the shipper thread
