@@ -22,9 +22,7 @@ from runstream.config import Settings
 from tests.conftest import Stack
 
 # The subject is not storage: the embedded engine is enough (tests/conftest.py).
-pytestmark = pytest.mark.one_engine
-
-pytestmark = pytest.mark.browser
+pytestmark = [pytest.mark.one_engine, pytest.mark.browser]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMIUM_ARGS = [
