@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from runstream.api import analytics, auth, gateway, live, metrics, routes_runs
+from runstream.api import analytics, auth, gateway, live, metrics, mlflow, routes_runs
 from runstream.api.artifacts import LocalArtifactStore
 from runstream.api.sql_guard import Limits
 from runstream.config import Settings
@@ -137,6 +137,7 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     app.include_router(routes_runs.router)
     app.include_router(analytics.router)
     app.include_router(live.router)
+    app.include_router(mlflow.router)
     folder = dashboard_dir()
     if folder is None:
         log.warning("no dashboard files in the installed package: / will answer 404 (install runstream[server] from a wheel built with npm)")

@@ -1,0 +1,180 @@
+"""MLflow writes as wire events on Kafka, and read-after-write for the client that wrote.
+
+Every write (create_run, log_batch, set_tag, update_run ...) becomes events of the wire
+format (docs/events.md), checked by `runstream.wire.validate` and produced to the events
+topic keyed by run id, as the ingest gateway (api/gateway.py) does: the processor stores
+them exactly once and pushes them live like any client's. The answer waits for Kafka's
+acknowledgement. The producer is the gateway's configuration without linger: an MLflow
+client sends one call at a time and waits for each, so 5 ms of linger would be 5 ms on
+every call (concurrent calls still share a produce request).
+
+Metric events carry an id derived from their content (run, points), so a client's retry
+of the same call is stored once, as MLflow's own store keeps one row per identical
+point; other events get fresh ids (setting a tag back to an earlier value must count).
+
+Read-after-write: for each run this api instance wrote to, it remembers the last event
+it produced (highest Kafka offset), one of each id kind, until that id is in
+`ingested_events`, the table the processor writes last for a batch (docs/storage.md). A
+run's events are on one partition and each table is written in offset order, so once the
+last one is there every earlier one is readable too. A read of that run (get_run, metric
+history, search) first waits for it, polling with a short back-off, at most
+`wait_timeout` seconds; `stats` records what the waits cost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from runstream.api.mlflow.protocol import MlflowError, invalid
+from runstream.config import Settings
+from runstream.kafka import RECORD_OVERHEAD_BYTES
+from runstream.storage.store import Store
+from runstream.wire import MAX_EVENT_BYTES, WIRE_VERSION, WireError, encode, validate
+
+log = logging.getLogger("runstream.api.mlflow")
+
+
+@dataclass
+class WaitStats:
+    reads: int = 0  # reads that checked for pending writes
+    waited: int = 0  # of them, reads that found writes not yet stored
+    wait_s_total: float = 0.0
+    wait_s_max: float = 0.0
+    polls: int = 0
+    timeouts: int = 0
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "reads": self.reads,
+            "waited": self.waited,
+            "wait_ms_total": round(self.wait_s_total * 1e3, 3),
+            "wait_ms_mean": round(self.wait_s_total / self.waited * 1e3, 3) if self.waited else 0.0,
+            "wait_ms_max": round(self.wait_s_max * 1e3, 3),
+            "polls": self.polls,
+            "timeouts": self.timeouts,
+        }
+
+
+class Writer:
+    def __init__(self, settings: Settings, wait_timeout: float = 10.0) -> None:
+        self.settings = settings
+        self.wait_timeout = wait_timeout
+        self.session = f"mlflow-{uuid.uuid4().hex[:12]}"
+        self._seq = itertools.count()
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        # (project, run) -> {id kind: (Kafka offset, event id)} of the last event produced
+        self.pending: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
+        self.events_out = 0
+        self.stats = WaitStats()
+
+    async def producer(self) -> AIOKafkaProducer:
+        async with self._lock:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.kafka,
+                    enable_idempotence=True,
+                    compression_type="lz4",
+                    linger_ms=0,
+                    max_request_size=MAX_EVENT_BYTES,
+                    max_batch_size=1024 * 1024,
+                )
+                await producer.start()
+                self._producer = producer
+            return self._producer
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+
+    def event(self, kind: str, run: str, project: str, ts: float | None = None, **payload: Any) -> dict[str, Any]:
+        """A wire event with a fresh id."""
+        event = {"v": WIRE_VERSION, "id": f"{self.session}:{next(self._seq)}", "kind": kind, "run": run, "project": project}
+        event["ts"] = time.time() if ts is None else ts
+        event.update(payload)
+        return event
+
+    @staticmethod
+    def content_id(event: dict[str, Any]) -> str:
+        """The id of an event that is the same call again when its content is the same."""
+        body = {k: v for k, v in event.items() if k not in ("id", "ts")}
+        return "mlflow-c:" + hashlib.sha256(orjson.dumps(body, option=orjson.OPT_SORT_KEYS)).hexdigest()[:40]
+
+    async def send(self, events: list[dict[str, Any]]) -> None:
+        """Validate every event, then produce them all and wait for Kafka's acknowledgement."""
+        encoded: list[tuple[dict[str, Any], bytes, bytes]] = []
+        for event in events:
+            try:
+                validate(event)
+                key, value = str(event["run"]).encode(), encode(event)
+            except WireError as exc:
+                raise invalid(str(exc)) from None
+            if len(key) + len(value) + RECORD_OVERHEAD_BYTES > MAX_EVENT_BYTES:
+                raise invalid(f"the request is {len(value)} bytes as one event; the limit is {MAX_EVENT_BYTES - RECORD_OVERHEAD_BYTES}")
+            encoded.append((event, key, value))
+        try:
+            producer = await self.producer()
+            futures = [await producer.send(self.settings.events_topic, value, key=key) for _, key, value in encoded]
+            acks = await asyncio.gather(*futures)
+        except Exception as exc:
+            raise MlflowError("TEMPORARILY_UNAVAILABLE", f"Kafka is not accepting events right now ({type(exc).__name__}); retry") from None
+        for (event, _, _), ack in zip(encoded, acks):
+            marks = self.pending.setdefault((event["project"], event["run"]), {})
+            kind = "content" if event["id"].startswith("mlflow-c:") else "fresh"
+            if kind not in marks or marks[kind][0] < ack.offset:
+                marks[kind] = (ack.offset, event["id"])
+        self.events_out += len(encoded)
+
+    async def wait_stored(self, store: Store, project: str, runs: list[str] | None = None) -> None:
+        """Wait (bounded) until the processor has stored every event this instance sent for
+        these runs (None: every run of the project)."""
+        keys = [k for k in self.pending if k[0] == project and (runs is None or k[1] in runs) and self.pending[k]]
+        self.stats.reads += 1
+        if not keys:
+            return
+        self.stats.waited += 1
+        t0 = time.perf_counter()
+        delay = 0.002
+        deadline = t0 + self.wait_timeout
+        while True:
+            keys = [k for k in keys if self.pending.get(k)]
+            if not keys:
+                break
+            ids = sorted({i for k in keys for _, i in self.pending[k].values()})
+            self.stats.polls += 1
+            rows = await store.aquery_rows(
+                "SELECT DISTINCT run_id, event_id FROM ingested_events WHERE project = {project:String} "
+                "AND run_id IN {runs:Array(String)} AND event_id IN {ids:Array(String)}",
+                {"project": project, "runs": sorted({k[1] for k in keys}), "ids": ids},
+            )
+            for run_id, event_id in rows:
+                marks = self.pending.get((project, run_id))
+                if marks is not None:
+                    for kind in [kind for kind, (_, i) in marks.items() if i == event_id]:
+                        del marks[kind]
+                    if not marks:
+                        del self.pending[(project, run_id)]
+            if not any(self.pending.get(k) for k in keys):
+                break
+            if time.perf_counter() + delay > deadline:
+                self.stats.timeouts += 1
+                log.warning("read-after-write: %d runs' writes not stored after %.1fs; answering from what is stored", len(keys), self.wait_timeout)
+                for k in keys:  # the next read does not wait for these again
+                    self.pending.pop(k, None)
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 0.025)
+        waited = time.perf_counter() - t0
+        self.stats.wait_s_total += waited
+        self.stats.wait_s_max = max(self.stats.wait_s_max, waited)
