@@ -89,10 +89,15 @@ class MigrationLock:
         return sorted(int(m.group(1)) for (name,) in names if (m := _LOCK_TABLE.match(str(name))))
 
     def _free(self, epoch: int) -> bool:
-        """Whether `epoch` no longer holds: released, or its heartbeat older than the lease."""
+        """Whether `epoch` no longer holds: released, or its last sign of life (its heartbeat,
+        or the table's creation while the holder has not written its first row) older than the lease."""
+        created = (
+            "(SELECT toDateTime64(metadata_modification_time, 3) FROM system.tables"
+            f" WHERE database = currentDatabase() AND name = '{LOCK_PREFIX}{epoch}')"
+        )
         rows = _rows(
             self.client,
-            f"SELECT countIf(kind = 'release'), dateDiff('millisecond', max(at), now64(3)) FROM {LOCK_PREFIX}{epoch}",
+            f"SELECT countIf(kind = 'release'), dateDiff('millisecond', greatest(max(at), {created}), now64(3)) FROM {LOCK_PREFIX}{epoch}",
         )
         released, idle_ms = rows[0] if rows else (0, 0)
         return int(str(released)) > 0 or float(str(idle_ms)) > self.lease_s * 1000
