@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RUNSTREAM_HOME ?= $(CURDIR)/.runstream
 export RUNSTREAM_KAFKA ?= localhost:9092
 
-.PHONY: up test setup venv dashboard-assets kafka-jars chromium layout-tree layers lint typecheck bench clean wheelhouse
+.PHONY: up test setup venv dashboard-assets kafka-jars chromium compose-cli layout-tree layers lint typecheck bench clean wheelhouse
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ kafka-jars: venv
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# tests/test_compose.py runs `docker-compose config` on docker-compose.yml: Debian's package
+# parses the file without a Docker daemon.
+compose-cli:
+	@command -v docker-compose >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null)
+
 setup: venv dashboard-assets kafka-jars
 
 up: setup
@@ -35,7 +40,7 @@ up: setup
 		$(BIN)/runstream kafka start || exit 1; trap '$(BIN)/runstream kafka stop' EXIT INT TERM; $(BIN)/runstream up --demo; \
 	fi
 
-test: setup chromium wheelhouse
+test: setup chromium compose-cli wheelhouse
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Every wheel the client and server installs and the wheel's build need (setuptools, wheel),

@@ -19,6 +19,8 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
+from tests.test_topology import SHARED_ENV, api_args, processor_args
+
 REPO = Path(__file__).resolve().parent.parent
 COMPOSE = REPO / "docker-compose.yml"
 
@@ -196,6 +198,22 @@ def _compose_command() -> list[str] | None:
         if done.returncode == 0:
             return command
     return None
+
+
+def test_processor_and_api_run_as_the_topology_test_runs_them(services: dict[str, dict[str, Any]]) -> None:
+    """tests/test_topology.py proves the shape (separate processes sharing one broker, one
+    ClickHouse server, one topic prefix and one group); compose must start that shape."""
+    processor, api = services["processor"], services["api"]
+    assert processor["command"] == ["runstream", *processor_args(9108)]
+    api_command = list(api["command"])
+    host = api_command.index("--host")
+    del api_command[host : host + 2]  # in a container the api listens on every interface
+    assert api_command == ["runstream", *api_args(8000)]
+    assert "8000:8000" in api["ports"]
+    for key in SHARED_ENV:
+        assert processor["environment"].get(key) == api["environment"].get(key), key
+    assert urlparse(api["environment"]["RUNSTREAM_CLICKHOUSE"]).hostname == "clickhouse"
+    assert api["environment"]["RUNSTREAM_KAFKA"].split(":")[0] == "kafka"
 
 
 def test_compose_itself_accepts_the_file() -> None:

@@ -71,6 +71,18 @@ class TrainingLoop(threading.Thread):
         return self.steps
 
 
+# How each service is started: tests/test_compose.py checks docker-compose.yml runs the same.
+SHARED_ENV = ("RUNSTREAM_KAFKA", "RUNSTREAM_CLICKHOUSE", "RUNSTREAM_TOPIC_PREFIX", "RUNSTREAM_PARTITIONS", "RUNSTREAM_GROUP")
+
+
+def processor_args(metrics_port: int) -> list[str]:
+    return ["processor", "--metrics-port", str(metrics_port)]
+
+
+def api_args(port: int) -> list[str]:
+    return ["api", "--port", str(port)]
+
+
 class Service:
     """One `runstream processor` or `runstream api` process with its log."""
 
@@ -180,14 +192,8 @@ def test_two_processors_and_two_apis_store_every_point_once_across_a_sigkill_and
 ) -> None:
     settings: Settings = new_settings(home, kafka_bootstrap).with_(partitions=8)
     group = f"g-topo-{uuid.uuid4().hex[:6]}"
-    env = {
-        **os.environ,
-        "RUNSTREAM_KAFKA": kafka_bootstrap,
-        "RUNSTREAM_CLICKHOUSE": database,
-        "RUNSTREAM_TOPIC_PREFIX": settings.topic_prefix,
-        "RUNSTREAM_PARTITIONS": str(settings.partitions),
-        "RUNSTREAM_GROUP": group,
-    }
+    shared = dict(zip(SHARED_ENV, (kafka_bootstrap, database, settings.topic_prefix, str(settings.partitions), group), strict=True))
+    env = {**os.environ, **shared}
     metrics_ports = [free_port(), free_port()]
     api_ports = [free_port(), free_port()]
     services: list[Service] = []
@@ -199,8 +205,8 @@ def test_two_processors_and_two_apis_store_every_point_once_across_a_sigkill_and
 
     try:
         # All four at once, as compose starts them.
-        processors = [service(f"processor{i}", ["processor", "--metrics-port", str(port)]) for i, port in enumerate(metrics_ports)]
-        apis = [service(f"api{i}", ["api", "--port", str(port)]) for i, port in enumerate(api_ports)]
+        processors = [service(f"processor{i}", processor_args(port)) for i, port in enumerate(metrics_ports)]
+        apis = [service(f"api{i}", api_args(port)) for i, port in enumerate(api_ports)]
         api_urls = [f"http://127.0.0.1:{port}" for port in api_ports]
 
         def all_up() -> bool:
