@@ -28,6 +28,7 @@ from runstream import kafka
 from runstream.api import queries
 from runstream.config import Settings
 from runstream.errors import NotFound
+from runstream.lifecycle import CRASHED, LIVE_STATUSES, crash_after_s, status_sql
 from runstream.live import ORIGIN_HEADER
 from runstream.storage.store import Store
 
@@ -227,6 +228,10 @@ class LiveHub:
         self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
         self.local_origins: set[bytes] = set()  # processors in this process deliver directly (see attach)
+        # Live runs shown Crashed at the last sweep: nothing arrives when a process dies, so
+        # the hub looks (see sweep_crashed) and pushes the change either way.
+        self.crashed: set[tuple[str, str]] = set()
+        self._sweeper: asyncio.Task[None] | None = None
 
     def attach(self, processor: Any) -> None:
         """Take a processor's live updates in-process; its copies on the live topic are skipped."""
@@ -235,8 +240,43 @@ class LiveHub:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="runstream-live-hub")
+        self._sweeper = asyncio.create_task(self._sweep_loop(), name="runstream-live-crashed")
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, crash_after_s() / 4))
+            try:
+                updates = await self.store.call(self.sweep_crashed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # storage away: try again at the next sweep
+                log.debug("crashed-run sweep failed: %s", exc)
+                continue
+            if updates:
+                self.dispatch_batch(updates)
+
+    def sweep_crashed(self) -> list[dict[str, Any]]:
+        """Status updates for live runs that became Crashed since the last sweep, or whose
+        heartbeats resumed (runs the worker thread)."""
+        rows = self.store.query_rows(
+            f"SELECT project, run_id, experiment, {status_sql()} FROM runs FINAL WHERE status IN {{live:Array(String)}}",
+            {"live": list(LIVE_STATUSES)},
+        )
+        now = time.time()
+        crashed: set[tuple[str, str]] = set()
+        updates: list[dict[str, Any]] = []
+        for project, run, experiment, shown in rows:
+            key = (project, run)
+            if shown == CRASHED:
+                crashed.add(key)
+            if (shown == CRASHED) != (key in self.crashed):
+                updates.append({"type": "update", "run": run, "project": project, "experiment": experiment, "status": shown, "server_time": now})
+        self.crashed = crashed
+        return updates
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._task is not None:
             self._task.cancel()
             try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from runstream.errors import BadRequest, NotFound
+from runstream.lifecycle import status_sql
 from runstream.storage.schema import RUN_FIELDS
 from runstream.storage.store import Store
 
@@ -48,7 +49,14 @@ def run_row_to_json(row: dict[str, Any]) -> dict[str, Any]:
         "last_seen": _ts(row["last_seen"]),
         "tags": dict(row["tags"]),
         "params": dict(row["params"]),
+        "meta": dict(row.get("meta") or {}),
     }
+
+
+def shown_runs() -> str:
+    """The runs table as readers see it: the status column is the shown one (Crashed
+    derived by runstream.lifecycle), so filters, ordering and counts agree with it."""
+    return f"(SELECT * REPLACE ({status_sql()} AS status) FROM runs FINAL)"
 
 
 def _scope(project: str | None, params: dict[str, Any], column: str = "project") -> str:
@@ -63,7 +71,7 @@ def get_run(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
     run["children"] = [
         {"id": r["run_id"], "name": r["name"], "status": r["status"]}
         for r in store.query_dicts(
-            "SELECT run_id, name, status FROM runs FINAL WHERE parent_id = {run:String} AND project = {project:String} ORDER BY created_at",
+            f"SELECT run_id, name, status FROM {shown_runs()} WHERE parent_id = {{run:String}} AND project = {{project:String}} ORDER BY created_at",
             {"run": run_id, "project": run["project"]},
         )
     ]
@@ -86,7 +94,7 @@ def get_run(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
 def run_state(store: Store, run_id: str, project: str | None) -> dict[str, Any]:
     """A run's row and metric summaries (what a live subscriber starts from)."""
     params: dict[str, Any] = {"run": run_id}
-    rows = store.query_dicts(f"SELECT {RUN_FIELDS} FROM runs FINAL WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)
+    rows = store.query_dicts(f"SELECT {RUN_FIELDS} FROM {shown_runs()} WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)
     if not rows:
         # Points may arrive before (or without) a run_start event.
         count = store.query_rows(f"SELECT count() FROM ingested_events WHERE run_id = {{run:String}} AND {_scope(project, params)}", params)[0][0]
@@ -213,7 +221,7 @@ def list_experiments(store: Store, project: str | None) -> list[dict[str, Any]]:
     rows = store.query_dicts(
         "SELECT project, experiment, count() AS runs, countIf(status = 'Running') AS running, "
         "max(last_seen) AS last_activity, min(created_at) AS created_at "
-        f"FROM runs FINAL WHERE {_scope(project, params)} GROUP BY project, experiment ORDER BY last_activity DESC",
+        f"FROM {shown_runs()} WHERE {_scope(project, params)} GROUP BY project, experiment ORDER BY last_activity DESC",
         params,
     )
     return [
@@ -241,6 +249,8 @@ def list_runs(
     limit: int = 100,
     offset: int = 0,
     metrics: list[str] | None = None,
+    compute: str | None = None,
+    meta: list[str] | None = None,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {"limit": limit, "offset": offset}
     where = [_scope(project, params, "r.project")]
@@ -261,6 +271,16 @@ def list_runs(
     if parent is not None:
         params["parent"] = "" if parent in ("", "none", "null") else parent
         where.append("r.parent_id = {parent:String}")
+    # Where runs execute (ingest/metadata.py): compute=<target>, meta=key or key=value (repeatable).
+    filters = [f"compute={compute}"] if compute is not None else []
+    for i, item in enumerate(filters + list(meta or ())):
+        key, sep, value = item.partition("=")
+        params[f"meta_key{i}"] = key
+        if sep:
+            params[f"meta_value{i}"] = value
+            where.append(f"r.meta[{{meta_key{i}:String}}] = {{meta_value{i}:String}}")
+        else:
+            where.append(f"mapContains(r.meta, {{meta_key{i}:String}})")
 
     desc = order_by.startswith("-")
     key = order_by.lstrip("-+")
@@ -283,7 +303,7 @@ def list_runs(
         raise BadRequest(f"order_by must be one of {', '.join(sorted(ORDERABLE))} or metric.<name>[:stat], optionally prefixed by '-'")
 
     fields = ", ".join(f"r.{f.strip()} AS {f.strip()}" for f in RUN_FIELDS.split(","))
-    base = f"FROM (SELECT * FROM runs FINAL) AS r{join} WHERE {' AND '.join(where)}"
+    base = f"FROM {shown_runs()} AS r{join} WHERE {' AND '.join(where)}"
     total = int(store.query_rows(f"SELECT count() {base}", params)[0][0])
     rows = store.query_dicts(f"SELECT {fields} {base} ORDER BY {order} LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}", params)
     runs = [run_row_to_json(r) for r in rows]

@@ -44,6 +44,8 @@ async def runs(
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0),
     metrics: str | None = Query(None, description="comma-separated metric names whose summaries to include"),
+    compute: str | None = Query(None, description="compute target the runs report (RUNSTREAM_COMPUTE)"),
+    meta: list[str] | None = Query(None, description="run metadata 'key' or 'key=value' (host, user, git_commit, git_branch, ...); repeatable"),
 ) -> dict[str, Any]:
     result: dict[str, Any] = await _call(
         request,
@@ -57,6 +59,8 @@ async def runs(
         limit=limit,
         offset=offset,
         metrics=[m for m in (metrics or "").split(",") if m],
+        compute=compute,
+        meta=meta,
     )
     return result
 

@@ -299,11 +299,22 @@ export function mount(ctx) {
     if (run.error) notice.append(message("error", run.error));
   }
 
+  function orderedMeta(meta) {
+    const order = ["compute", "host", "user", "pid", "python", "git_branch", "git_commit", "git_dirty", "source_dir", "command", "python_executable"];
+    const m = meta || {};
+    const out = {};
+    for (const k of order) if (k in m) out[k] = k === "git_commit" ? m[k].slice(0, 12) : m[k];
+    for (const k of Object.keys(m)) if (!(k in out)) out[k] = m[k];
+    return out;
+  }
+
   function renderSide() {
     clear(side);
     side.append(
       h("section.card.side-card", h("h2", "Tags"), kvTable(run.tags, "No tags")),
       h("section.card.side-card", h("h2", "Params"), kvTable(run.params, "No params")),
+      // Where it ran (ingest/metadata.py): compute target first, the command line last.
+      h("section.card.side-card.run-meta", h("h2", "Run"), kvTable(orderedMeta(run.meta), "No metadata")),
     );
     if (run.children?.length) {
       side.append(h("section.card.side-card", h("h2", `Child runs (${run.children.length})`),

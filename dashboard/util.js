@@ -111,7 +111,8 @@ export function refreshTimes(root = document) {
   }
 }
 
-export const STATUSES = ["Running", "Queued", "NotStarted", "Completed", "Failed", "Canceled"];
+// Crashed is shown, never stored: the api derives it from stopped heartbeats (runstream/lifecycle.py).
+export const STATUSES = ["Running", "Queued", "NotStarted", "Completed", "Failed", "Canceled", "Crashed"];
 /** Statuses a run does not leave. */
 export const TERMINAL = new Set(["Completed", "Failed", "Canceled"]);
 

@@ -18,6 +18,7 @@ import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from runstream.errors import InputError
 from runstream.wire import PACKED_DTYPES, WIRE_VERSION, pack
 
 _INF = math.inf
@@ -318,3 +319,21 @@ class RunBuffer:
             if lines:
                 self._logs[stream] = ([], [])
                 self._pending.append((self._event("log", {"stream": stream, "lines": lines, "t": times}), 0))
+
+
+class ReadOnlyRun(InputError):
+    """A logging call on a read-only handle (`Run(experiment, run_id)`)."""
+
+
+class ReadOnlyBuffer:
+    """The buffer of a read-only handle: it never has anything to send, and every append
+    raises, so a handle on someone else's run cannot change it."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.events = 0
+
+    def _refuse(self, *_: Any, **__: Any) -> Any:
+        raise ReadOnlyRun(f"run {self.run_id!r} is a read-only handle (Run(experiment, run_id)); it cannot log")
+
+    add_point = add_points = add_row = add_lines = describe = enqueue = _refuse

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -30,8 +32,14 @@ def _get(settings: Settings, path: str, **params: Any) -> Any:
     return response.json()
 
 
+def fetch_run_by_id(settings: Settings, run_id: str) -> dict[str, Any]:
+    result: dict[str, Any] = _get(settings, f"/api/v1/runs/{quote(run_id, safe='')}")
+    return result
+
+
 def fetch_run(run: Run) -> dict[str, Any]:
-    result: dict[str, Any] = _get(run.settings, f"/api/v1/runs/{quote(run.id, safe='')}")
+    result = fetch_run_by_id(run.settings, run.id)
+    run._seen(result)
     return result
 
 
@@ -67,6 +75,28 @@ def fetch_file_names(run: Run) -> list[str]:
     wait_ingested(run, 30.0)
     files = _get(run.settings, f"/api/v1/runs/{quote(run.id, safe='')}/files")
     return [f["path"] for f in files]
+
+
+def fetch_children(run: Run) -> list[dict[str, Any]]:
+    wait_ingested(run, 30.0)
+    listing = _get(run.settings, "/api/v1/runs", parent=run.id, order_by="created_at", limit=10_000)
+    children: list[dict[str, Any]] = listing["runs"]
+    return children
+
+
+def download_file(run: Run, name: str, target: Path) -> None:
+    """Stream the run's file `name` into `target` (through a temporary file beside it)."""
+    wait_ingested(run, 30.0)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    with _client(run.settings) as client, client.stream("GET", f"/api/v1/runs/{quote(run.id, safe='')}/files/{quote(name)}") as response:
+        if response.status_code >= 400:
+            response.read()
+            raise ApiError(f"download of {name!r} failed: {response.status_code}: {response.text[:300]}", response.status_code)
+        with open(part, "wb") as out:
+            for chunk in response.iter_bytes(1 << 20):
+                out.write(chunk)
+    os.replace(part, target)
 
 
 def upload_artifact(settings: Settings, project: str, run_id: str, path: str, data: bytes) -> dict[str, Any]:

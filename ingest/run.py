@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from runstream.config import Settings
-from runstream.ingest import capture
+from runstream.ingest import capture, lifecycle
 from runstream.ingest.buffer import EVENT_POINTS as EVENT_POINTS  # re-exported: the bound on points per event
-from runstream.ingest.buffer import RunBuffer
+from runstream.ingest.buffer import ReadOnlyBuffer, ReadOnlyRun, RunBuffer
+from runstream.ingest.metadata import run_metadata
 from runstream.ingest.shipper import Shipper, get_shipper
 from runstream.ingest.values import InvalidInput, check_name, coerce_scalar_text, coerce_value
-from runstream.wire import MAX_LOG_LINE, TERMINAL_STATUSES
+from runstream.lifecycle import HEARTBEAT_META
+from runstream.wire import MAX_LOG_LINE, MAX_STRING_VALUE, TERMINAL_STATUSES
 
 _INF = math.inf
 # Steps are Int64 in storage; the last one logged must leave room for its successor.
@@ -48,41 +50,48 @@ class Experiment:
         capture_output: bool | None = None,
         **_ignored: Any,
     ) -> Run:
-        """Start an interactive run; end it with complete(), or use it as a context manager.
+        """Start an interactive run; end it with complete(), or use it as a context manager
+        (left open, it ends with the process: ingest/lifecycle.py).
 
         capture_output: tee this process's stdout/stderr into the run's output log
         (default on, unless RUNSTREAM_CAPTURE_OUTPUT=0)."""
         if capture_output is None:
             capture_output = os.environ.get("RUNSTREAM_CAPTURE_OUTPUT", "1") != "0"
-        return Run(self, name=name, tags=tags, params=params, run_id=run_id, capture_output=capture_output)
+        return Run(self, name=name, tags=tags, params=params, new_id=run_id, capture_output=capture_output)
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, project={self.project!r})"
 
 
 class Run:
-    """One execution of a training script; every logging call is non-blocking."""
+    """One execution of a training script; every logging call is non-blocking.
+
+    `Run(experiment, run_id)` (or `Run.from_id(run_id)`) is a read-only handle on an
+    existing run: it reads and watches through the api and sends nothing. Runs that log
+    come from `Experiment.start_logging`, `Run.get_context`, `child_run` or
+    `Experiment.submit`."""
 
     def __init__(
         self,
         experiment: Experiment,
+        run_id: str | None = None,
+        /,
         *,
         name: str | None = None,
         tags: Mapping[str, Any] | None = None,
         params: Mapping[str, Any] | None = None,
-        run_id: str | None = None,
+        new_id: str | None = None,
         parent: Run | None = None,
         attach: bool = False,
         shipper: Shipper | None = None,
         capture_output: bool = False,
+        status: str = "Running",
+        meta: Mapping[str, str] | None = None,
     ) -> None:
         self.experiment = experiment
         self.settings = experiment.settings
         self.project = experiment.project
-        self.id = check_name(run_id, "run id") if run_id else f"{uuid.uuid4().hex[:20]}"
-        self.name = check_name(name, "run name") if name else self.id
         self.parent = parent
-        self.status = "Running"
         # The name table and the table row counters; appended points take the buffer's own lock.
         self._lock = threading.Lock()
         self._names: list[str] = []  # by metric index; the buffer reads it when it seals
@@ -90,20 +99,35 @@ class Run:
         self._key_cache: dict[tuple[str, ...], list[int]] = {}  # log_metrics name sets seen before
         self._next_step: list[int] = []
         self._table_rows: dict[str, int] = {}
+        self._capturing = False
+        self.readonly = run_id is not None
+        if run_id is not None:
+            self.id = self.name = check_name(run_id, "run id")
+            self._status = "Unknown"
+            self._buffer: RunBuffer | ReadOnlyBuffer = ReadOnlyBuffer(self.id)
+            return
+        self.id = check_name(new_id, "run id") if new_id else f"{uuid.uuid4().hex[:20]}"
+        self.name = check_name(name, "run name") if name else self.id
+        self._status = status
         self._shipper = shipper or get_shipper(self.settings)
         self._buffer = RunBuffer(self.id, self.project, self._names, self._shipper)
         self._shipper.register(self._buffer)
-        start: dict[str, Any] = {
-            "experiment": experiment.name,
-            "name": self.name,
-            "tags": {check_name(k, "tag key"): coerce_scalar_text(v, f"tag {k!r}") for k, v in (tags or {}).items()},
-            "params": {check_name(k, "param name"): coerce_scalar_text(v, f"param {k!r}") for k, v in (params or {}).items()},
-            "status": "Running",
-        }
+        start_meta = dict(meta if meta is not None else run_metadata())
+        heartbeat = getattr(self._shipper, "heartbeat_s", None)
+        if heartbeat:  # this writer heartbeats: readers may show it Crashed when they stop (runstream.lifecycle)
+            start_meta[HEARTBEAT_META] = f"{heartbeat:g}"
+        start: dict[str, Any] = {"experiment": experiment.name, "status": status, "meta": start_meta}
+        if not attach:
+            # An attached context (RUNSTREAM_RUN_ID) names nothing: its start may repeat one
+            # made elsewhere, and must not rename the run or reset its tags.
+            start["name"] = self.name
+            start["tags"] = {check_name(k, "tag key"): coerce_scalar_text(v, f"tag {k!r}") for k, v in (tags or {}).items()}
+            start["params"] = {check_name(k, "param name"): coerce_scalar_text(v, f"param {k!r}") for k, v in (params or {}).items()}
         if parent is not None:
             start["parent"] = parent.id
-        self._buffer.enqueue("run_start" if not attach else "run_status", start if not attach else {"status": "Running"})
+        self._buffer.enqueue("run_start", start)
         self._capturing = capture_output and capture.start(self)
+        lifecycle.track(self)
 
     # --- identity ---
     @classmethod
@@ -113,11 +137,37 @@ class Run:
         experiment = Experiment(os.environ.get("RUNSTREAM_EXPERIMENT", "Default"), settings=settings)
         capture_output = os.environ.get("RUNSTREAM_CAPTURE_OUTPUT", "1") != "0"
         if settings.run_id:
-            return cls(experiment, run_id=settings.run_id, attach=True, capture_output=capture_output)
+            return cls(experiment, new_id=settings.run_id, attach=True, capture_output=capture_output)
         return cls(experiment, capture_output=capture_output)
 
+    @classmethod
+    def from_id(cls, run_id: str, *, settings: Settings | None = None, project: str | None = None) -> Run:
+        """A read-only handle on run `run_id`, its experiment read from the api."""
+        from runstream.ingest.reader import fetch_run_by_id
+
+        settings = settings or Settings()
+        details = fetch_run_by_id(settings, run_id)
+        run = cls(Experiment(details["experiment"], project or details["project"], settings=settings), run_id)
+        run._seen(details)
+        return run
+
+    @property
+    def status(self) -> str:
+        """The run's status; a read-only handle asks the api (the last answer if it is away)."""
+        if self.readonly:
+            try:
+                self.get_details()
+            except Exception:
+                pass
+        return self._status
+
+    def _seen(self, details: Mapping[str, Any]) -> None:
+        if self.readonly:
+            self._status = str(details.get("status", self._status))
+            self.name = str(details.get("name") or self.name)
+
     def __repr__(self) -> str:
-        return f"Run(id={self.id!r}, name={self.name!r}, experiment={self.experiment.name!r}, status={self.status!r})"
+        return f"Run(id={self.id!r}, name={self.name!r}, experiment={self.experiment.name!r}, status={self._status!r})"
 
     # --- metrics (the hot path) ---
     def _register(self, name: str, description: str) -> int:
@@ -344,30 +394,52 @@ class Run:
     def child_run(
         self, name: str | None = None, run_id: str | None = None, tags: Mapping[str, Any] | None = None, params: Mapping[str, Any] | None = None
     ) -> Run:
-        return Run(self.experiment, name=name, run_id=run_id, parent=self, tags=tags, params=params, shipper=self._shipper)
+        self._writer()
+        return Run(self.experiment, name=name, new_id=run_id, parent=self, tags=tags, params=params, shipper=self._shipper)
 
-    def _end(self, status: str, error: str = "", timeout: float = 60.0) -> None:
-        if self.status in TERMINAL_STATUSES:
+    def _writer(self) -> None:
+        if self.readonly:
+            raise ReadOnlyRun(f"run {self.id!r} is a read-only handle (Run(experiment, run_id)); it cannot log or end the run")
+
+    def _end(self, status: str, error: str = "", timeout: float | None = 60.0) -> None:
+        self._writer()
+        if self._status in TERMINAL_STATUSES:
             return
+        self._close(status, error)
+        if timeout is not None:
+            self._shipper.flush(timeout)
+
+    def _close(self, status: str, error: str) -> None:
+        """Queue the end: after it the buffer takes no heartbeat and the exit hook lets the run be."""
+        lifecycle.untrack(self)
         if self._capturing:
             capture.stop(self)
-        self.status = status
-        self._buffer.enqueue("run_end", {"status": status, "error": error[:4096]}, last=True)
-        self._shipper.flush(timeout)
-        self._shipper.unregister(self._buffer)
+        self._status = status
+        buffer = self._buffer
+        assert isinstance(buffer, RunBuffer)  # _writer() refused a read-only handle
+        buffer.enqueue("run_end", {"status": status, "error": error[:MAX_STRING_VALUE]}, last=True)
+        self._shipper.unregister(buffer)
+
+    def end_at_exit(self, status: str, error: str) -> None:
+        """The process is ending with the run open (ingest/lifecycle.py): queue its end."""
+        if self._status not in TERMINAL_STATUSES:
+            self._close(status, error)
 
     def complete(self) -> None:
         """Mark the run Completed and deliver everything logged."""
         self._end("Completed")
 
     def fail(self, error: BaseException | str | None = None) -> None:
-        self._end("Failed", "" if error is None else (error if isinstance(error, str) else f"{type(error).__name__}: {error}"))
+        """Mark the run Failed; an exception is recorded with its traceback."""
+        self._end("Failed", "" if error is None else (error if isinstance(error, str) else lifecycle.format_error(error)))
 
     def cancel(self) -> None:
         self._end("Canceled")
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Wait until everything logged so far is acknowledged by Kafka; False on timeout."""
+        if self.readonly:
+            return True
         return self._shipper.flush(timeout)
 
     def __enter__(self) -> Run:
@@ -376,8 +448,8 @@ class Run:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
             self.complete()
-        elif isinstance(exc, KeyboardInterrupt):
-            self.cancel()
+        elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (lifecycle.Terminated)
+            self._end("Canceled", "Terminated by SIGTERM" if isinstance(exc, lifecycle.Terminated) else "KeyboardInterrupt")
         else:
             self.fail(exc)
 
@@ -387,6 +459,25 @@ class Run:
         from runstream.ingest.reader import fetch_metrics
 
         return fetch_metrics(self, name=name, wait=wait)
+
+    def get_children(self) -> list[Run]:
+        """Read-only handles on the run's child runs, oldest first."""
+        from runstream.ingest.reader import fetch_children
+
+        handles = []
+        for row in fetch_children(self):
+            child = Run(self.experiment, row["id"])
+            child._seen(row)
+            handles.append(child)
+        return handles
+
+    def download_file(self, name: str, output_file_path: str | os.PathLike[str] | None = None) -> Path:
+        """Save the run's file `name` to `output_file_path` (default: its name's last part, here)."""
+        from runstream.ingest.reader import download_file
+
+        target = Path(output_file_path) if output_file_path is not None else Path(Path(name).name)
+        download_file(self, name, target)
+        return target
 
     def get_file_names(self) -> list[str]:
         from runstream.ingest.reader import fetch_file_names

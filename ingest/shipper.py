@@ -75,6 +75,9 @@ class Shipper:
     ) -> None:
         self.settings = settings
         self.linger = linger
+        # Open runs' heartbeats: readers show a run Crashed after runstream.lifecycle's
+        # threshold without any event, so this must stay well inside it.
+        self.heartbeat_s = float(os.environ.get("RUNSTREAM_HEARTBEAT_S", "") or HEARTBEAT_S)
         self.max_buffered_points = max_buffered_points
         self.buffered_points = 0  # recomputed by the shipper thread from the runs' exact counts
         self.over_limit = False
@@ -217,7 +220,7 @@ class Shipper:
             self._wake.clear()
             self._recount()
             now = time.time()
-            if now - last_heartbeat >= HEARTBEAT_S:
+            if now - last_heartbeat >= self.heartbeat_s:
                 last_heartbeat = now
                 for buffer in list(self._open.values()):
                     buffer.heartbeat()

@@ -79,6 +79,7 @@ class RunCache:
                     tags=dict(row["tags"]),
                     params=dict(row["params"]),
                     descriptions=dict(row["descriptions"]),
+                    meta=dict(row.get("meta") or {}),
                 )
                 state.persisted_last_seen = state.last_seen
             self.runs[(project, run)] = state

@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from runstream.lifecycle import last_seen_resolution_s
 from runstream.wire import TERMINAL_STATUSES
 
-# Persist a row for last_seen alone only this often; status changes are written at once.
+# Persist a row for last_seen alone only this often (at most 30 s; a quarter of the crash
+# threshold, runstream.lifecycle, so a live run is never shown Crashed between two rows);
+# status changes are written at once.
 LAST_SEEN_RESOLUTION_S = 30.0
 
 
@@ -32,6 +35,7 @@ class RunState:
     tags: dict[str, str] = field(default_factory=dict)
     params: dict[str, str] = field(default_factory=dict)
     descriptions: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, str] = field(default_factory=dict)
     persisted_last_seen: float = 0.0
     dirty: bool = False
 
@@ -51,6 +55,7 @@ class RunState:
             self.tags,
             self.params,
             self.descriptions,
+            self.meta,
             version,
         ]
 
@@ -69,7 +74,7 @@ def apply(state: RunState, event: dict[str, Any]) -> str | None:
         state.dirty = True
     if ts > state.last_seen:
         state.last_seen = ts
-        if ts - state.persisted_last_seen >= LAST_SEEN_RESOLUTION_S:
+        if ts - state.persisted_last_seen >= last_seen_resolution_s():
             state.dirty = True
     if kind == "run_start":
         state.experiment = event["experiment"]
@@ -78,12 +83,19 @@ def apply(state: RunState, event: dict[str, Any]) -> str | None:
         state.created_at = min(state.created_at, ts) if state.created_at else ts
         state.tags.update({k: v or "" for k, v in event.get("tags", {}).items()})
         state.params.update(event.get("params", {}))
+        state.meta.update(event.get("meta") or {})
         if state.status not in TERMINAL_STATUSES:
             state.status = event["status"]
         state.dirty = True
     elif kind in ("run_status", "run_end"):
+        # A second report of the same end without an error keeps the first one's: a
+        # submitted script records its traceback, then its supervisor reports the same
+        # status from the exit code (ingest/compute.py).
+        error = event.get("error") or ""
+        if not error and state.status == event["status"] and kind == "run_end":
+            error = state.error
         state.status = event["status"]
-        state.error = event.get("error") or ""
+        state.error = error
         state.ended_at = ts if state.status in TERMINAL_STATUSES else None
         state.dirty = True
     elif kind == "tags":

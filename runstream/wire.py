@@ -50,7 +50,7 @@ MAX_ROW = 2**53
 INT64_MAX = 2**63 - 1
 
 KINDS = (
-    "run_start",  # experiment, name, parent, tags, params, status
+    "run_start",  # experiment, name, parent, tags, params, status, meta (where it runs: ingest/metadata.py)
     "run_status",  # status, error
     "heartbeat",  # (envelope only)
     "run_end",  # status (terminal), error
@@ -531,6 +531,7 @@ def validate(decoded: dict[str, Any]) -> ValidatedEvent:
         _str(event, "parent", required=False)
         event["tags"] = _str_map(event.get("tags") or {}, "tags", allow_null=True)
         event["params"] = _str_map(event.get("params") or {}, "params", allow_null=False)
+        event["meta"] = _str_map(event.get("meta") or {}, "meta", allow_null=False)
         status = event.get("status", "Running")
         if status not in RUN_STATUSES:
             raise WireError(f"'status' must be one of {', '.join(RUN_STATUSES)}")

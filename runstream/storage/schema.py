@@ -25,6 +25,7 @@ RUN_COLUMNS: tuple[str, ...] = (
     "tags",
     "params",
     "descriptions",
+    "meta",
     "version",
 )
 # What reads select from runs (the api's run rows and the SQL view `runs`).
@@ -259,5 +260,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # Wider merges of the small parts a live stream makes (one per table per batch):
         # the default selector merged them 5 at a time, rewriting each row again and again.
         [f"ALTER TABLE {table} MODIFY SETTING {MERGE_SETTINGS}" for table in STREAMED_TABLES],
+    ),
+    (
+        8,
+        # Where a run executes (compute target, host, user, pid, Python, command line, git
+        # commit/branch/dirty: ingest/metadata.py), sent with its start; the api filters on it.
+        ["ALTER TABLE runs ADD COLUMN IF NOT EXISTS meta Map(String, String) AFTER descriptions"],
     ),
 ]
