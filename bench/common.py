@@ -122,14 +122,17 @@ class ProcessorProcess:
     """`runstream processor` in its own process, as deployed: progress from its Prometheus
     counters (points_written counts a point once its insert has returned)."""
 
-    def __init__(self, settings: Any, engine: Path, group: str | None = None, name: str = "processor", start_timeout: float = 120.0) -> None:
+    def __init__(
+        self, settings: Any, engine: Path, group: str | None = None, name: str = "processor", start_timeout: float = 120.0, dsn: str | None = None
+    ) -> None:
+        """`engine`: the embedded engine's folder, unless `dsn` names a ClickHouse server's database."""
         self.engine = engine
         self.port = free_port()
         env = {
             **os.environ,
             "RUNSTREAM_HOME": str(settings.home),
             "RUNSTREAM_KAFKA": settings.kafka,
-            "RUNSTREAM_CLICKHOUSE": f"chdb://{engine}",
+            "RUNSTREAM_CLICKHOUSE": dsn or f"chdb://{engine}",
             "RUNSTREAM_TOPIC_PREFIX": settings.topic_prefix,
             "RUNSTREAM_PARTITIONS": str(settings.partitions),
         }

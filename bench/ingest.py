@@ -1,12 +1,15 @@
 """End-to-end ingest benchmark: client -> Kafka -> processor(s) -> rows queryable in ClickHouse.
 
     .venv/bin/python bench/ingest.py [--runs 100] [--steps 1000] [--metrics 10] [--threads 4]
-                                     [--processors 1,2] [--in-process] [--rounds 3] [--repeat 2] [--kafka HOST:PORT]
+                                     [--processors 1,2] [--engines chdb,http] [--in-process]
+                                     [--rounds 3] [--repeat 2] [--kafka HOST:PORT]
 
-Each processor is a `runstream processor` process with an embedded engine of its own,
-all in one consumer group (with two they split the partitions like the shards of a
-cluster; the figure counts their union). Every configuration gets a fresh topic and
-group. `--in-process` adds the earlier set-up: one Processor on an event loop inside the
+Each processor is a `runstream processor` process, all in one consumer group. On the
+`chdb` engine each has an embedded engine of its own (with two they split the partitions
+like the shards of a cluster; the figure counts their union); on `http` they share one
+database of a ClickHouse server started here (`runstream clickhouse`'s server, on this
+machine: client, broker, processors and server share its cores). Every configuration
+gets a fresh topic, group and database. `--in-process` adds the earlier set-up: one Processor on an event loop inside the
 benchmark (training) process, sharing its GIL with the training threads.
 
 The configurations take turns, --rounds times (fresh processors each round), --repeat
@@ -37,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Pipeline, ProcessorProcess, free_port, machine, point_keys, shard_point_keys, union_check  # noqa: E402
 from runstream import Experiment, Run  # noqa: E402
+from runstream.clickhouse_server import LocalClickHouse  # noqa: E402
 from runstream.config import Settings  # noqa: E402
 from runstream.ingest.shipper import get_shipper  # noqa: E402
 from runstream.kafka_broker import LocalBroker  # noqa: E402
@@ -111,11 +115,16 @@ class _InProcess:
         return int(self.processor.stats.points_written)
 
 
-def configuration(kafka: str, home: Path, instances: int, in_process: bool, round_no: int, args: argparse.Namespace) -> list[float]:
-    """One round of a configuration: fresh topic, group and engines, a warm-up, then args.repeat
-    end-to-end runs with this many processor instances, then the exact read-back; points/s of each run."""
+def configuration(
+    kafka: str, home: Path, instances: int, in_process: bool, round_no: int, args: argparse.Namespace, server: str | None = None
+) -> list[float]:
+    """One round of a configuration: fresh topic, group and engines (or a fresh database on
+    `server`), a warm-up, then args.repeat end-to-end runs with this many processor instances,
+    then the exact read-back; points/s of each run."""
     label = "1 processor in the training process" if in_process else f"{instances} processor process{'es' if instances > 1 else ''}"
+    label += ", ClickHouse server" if server else ", embedded engine"
     procs: list[ProcessorProcess] = []
+    dsn: str | None = None
     inproc: _InProcess | None = None
     if in_process:
         inproc = _InProcess(kafka, home)
@@ -125,11 +134,20 @@ def configuration(kafka: str, home: Path, instances: int, in_process: bool, roun
         settings = Settings().with_(home=home, kafka=kafka, topic_prefix=prefix, partitions=8, api_key=None)
     ids: list[str] = []
     rates = []
+    if server:
+        import clickhouse_connect
+
+        clickhouse_connect.get_client(dsn=f"{server}/default").command(f"CREATE DATABASE {settings.topic_prefix}")
+        dsn = f"{server}/{settings.topic_prefix}"
     try:
         for i in range(instances if not in_process else 0):
             procs.append(
                 ProcessorProcess(
-                    settings, home / f"{settings.topic_prefix}-shard{i}", group=f"g-{settings.topic_prefix}", name=f"{settings.topic_prefix}-p{i}"
+                    settings,
+                    home / f"{settings.topic_prefix}-shard{i}",
+                    group=f"g-{settings.topic_prefix}",
+                    name=f"{settings.topic_prefix}-p{i}",
+                    dsn=dsn,
                 )
             )
 
@@ -156,6 +174,10 @@ def configuration(kafka: str, home: Path, instances: int, in_process: bool, roun
             inproc.pipe.close()
     if inproc is not None:
         keys = [point_keys(inproc.store, ids, args.metrics, args.steps)]
+    elif dsn is not None:
+        from runstream.storage.store import get_store
+
+        keys = [point_keys(get_store(dsn), ids, args.metrics, args.steps)]  # one database: the union is the table
     else:
         keys = [shard_point_keys(p.engine, ids, args.metrics, args.steps) for p in procs]
     want = len(ids) * args.steps * args.metrics
@@ -179,6 +201,7 @@ def main() -> None:
     parser.add_argument("--metrics", type=int, default=10, help="metrics per step (at most 10)")
     parser.add_argument("--threads", type=int, default=4, help="training threads sharing the runs")
     parser.add_argument("--processors", default="1,2", help="processor process counts to compare (default 1,2)")
+    parser.add_argument("--engines", default="chdb", help="chdb (embedded, one per processor), http (one ClickHouse server), or both: chdb,http")
     parser.add_argument("--in-process", action="store_true", help="also run one processor inside the training process (the earlier set-up)")
     parser.add_argument("--kafka", help="use this broker instead of starting one")
     parser.add_argument("--repeat", type=int, default=2, help="measured runs per round of a configuration")
@@ -187,6 +210,9 @@ def main() -> None:
     if not 1 <= args.metrics <= 10:
         parser.error("--metrics must be 1..10 (the read-back keys metric_<j> by one digit)")
     counts = [int(x) for x in args.processors.split(",") if x.strip()]
+    engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not engines or set(engines) - {"chdb", "http"}:
+        parser.error("--engines takes chdb, http or chdb,http")
 
     home = Path(tempfile.mkdtemp(prefix="runstream-bench-"))
     broker = None
@@ -195,12 +221,17 @@ def main() -> None:
         kafka = f"127.0.0.1:{free_port()}"
         broker = LocalBroker(home, kafka)
         broker.start()
+    server: LocalClickHouse | None = None
     try:
+        if "http" in engines:
+            server = LocalClickHouse(home, free_port())
+            server.start()
         print(f"machine: {machine()}")
         print(
             f"broker: {kafka} ({'started here' if broker else 'given'}); workload {args.runs} runs x {args.steps:,} steps x {args.metrics} metrics "
             f"from {args.threads} training threads; "
-            f"{args.rounds} rounds x {args.repeat} runs per configuration; each processor process: `runstream processor` with its own engine",
+            f"{args.rounds} rounds x {args.repeat} runs per configuration; each processor: `runstream processor`; engines {', '.join(engines)}"
+            + (f" (server {server.url})" if server else ""),
             flush=True,
         )
         settings = Settings().with_(home=home, kafka=kafka, topic_prefix=f"cost{uuid.uuid4().hex[:8]}", api_key=None)
@@ -208,23 +239,32 @@ def main() -> None:
         get_shipper(settings).close()
         cost = f"log() {per_log / 1000:.2f} us/call; log_metrics(10 values) {per_metrics / 1000:.2f} us/call"
         print(f"client cost (shipper running, no processor): {cost}")
-        rates: dict[str, list[float]] = {str(n): [] for n in counts}
+        keys = [(engine, n) for engine in engines for n in counts]
+        rates: dict[str, list[float]] = {f"{engine}:{n}": [] for engine, n in keys}
         # Rounds interleave the configurations, so drift in the machine's load does not favour one.
         for round_no in range(1, args.rounds + 1):
-            for n in counts:
-                rates[str(n)] += configuration(kafka, home, n, False, round_no, args)
+            for engine, n in keys:
+                url = server.url if engine == "http" and server else None
+                rates[f"{engine}:{n}"] += configuration(kafka, home, n, False, round_no, args, server=url)
         if args.in_process:  # after the others: its engine stays loaded (and merging) in this process once it has run
             rates["in-process"] = []
             for round_no in range(1, args.rounds + 1):
                 rates["in-process"] += configuration(kafka, home, 1, True, round_no, args)
-        one = statistics.median(rates["1"]) if rates.get("1") else None
-        one_best = max(rates["1"]) if rates.get("1") else None
+        base_key = f"{engines[0]}:{counts[0]}" if counts else None
+        one = statistics.median(rates[base_key]) if base_key and rates.get(base_key) else None
+        one_best = max(rates[base_key]) if base_key and rates.get(base_key) else None
         for key, got in rates.items():
-            label = "1 processor in the training process" if key == "in-process" else f"{key} processor process(es)"
+            if key == "in-process":
+                label = "1 processor in the training process, embedded engine"
+            else:
+                engine, n = key.split(":")
+                label = f"{n} processor process(es), {'ClickHouse server' if engine == 'http' else 'embedded engine'}"
             med, top = statistics.median(got), max(got)
-            ratio = f" ({med / one:.2f}x / {top / one_best:.2f}x one processor process)" if one and one_best and key != "1" else ""
+            ratio = f" ({med / one:.2f}x / {top / one_best:.2f}x the {base_key} configuration)" if one and one_best and key != base_key else ""
             print(f"end to end, {label}: median {med:,.0f}, best {top:,.0f} points/s over {len(got)} runs{ratio}")
     finally:
+        if server is not None:
+            server.stop()
         if broker is not None:
             broker.stop()
         shutil.rmtree(home, ignore_errors=True)
