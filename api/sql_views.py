@@ -26,6 +26,7 @@ import re
 import threading
 
 from runstream.api.queries import SUMMARY_SELECT
+from runstream.lifecycle import status_sql
 from runstream.storage.schema import RUN_FIELDS
 from runstream.storage.store import Store
 
@@ -35,9 +36,10 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # name -> (SELECT list, FROM clause with {src} for the storage database, GROUP BY or "").
 # `{where}` is where the scope filter lands; it must come before any GROUP BY.
 VIEW_DEFS: dict[str, tuple[str, str, str]] = {
+    # The shown status (Crashed derived, runstream.lifecycle), with the threshold of when the view was made.
     "runs": (
         RUN_FIELDS,
-        "{src}.runs FINAL",
+        "(SELECT * REPLACE (" + status_sql().replace("{", "{{").replace("}", "}}") + " AS status) FROM {src}.runs FINAL)",
         "",
     ),
     "metric_points": ("project, run_id, metric, step, value, value_str, ts", "{src}.metric_points", ""),
