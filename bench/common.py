@@ -19,6 +19,15 @@ from pathlib import Path
 from typing import Any
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (its threads included), from /proc; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:

@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Pipeline, ProcessorProcess, free_port, machine, point_keys, shard_point_keys, union_check  # noqa: E402
+from bench.common import Pipeline, ProcessorProcess, cpu_seconds, free_port, machine, point_keys, shard_point_keys, union_check  # noqa: E402
 from runstream import Experiment, Run  # noqa: E402
 from runstream.clickhouse_server import LocalClickHouse  # noqa: E402
 from runstream.config import Settings  # noqa: E402
@@ -116,7 +116,14 @@ class _InProcess:
 
 
 def configuration(
-    kafka: str, home: Path, instances: int, in_process: bool, round_no: int, args: argparse.Namespace, server: str | None = None
+    kafka: str,
+    home: Path,
+    instances: int,
+    in_process: bool,
+    round_no: int,
+    args: argparse.Namespace,
+    server: str | None = None,
+    server_pid: int | None = None,
 ) -> list[float]:
     """One round of a configuration: fresh topic, group and engines (or a fresh database on
     `server`), a warm-up, then args.repeat end-to-end runs with this many processor instances,
@@ -158,12 +165,22 @@ def configuration(
 
         end_to_end(settings, count, runs=4, steps=100, metrics=args.metrics, threads=1)  # topics, group, first inserts
         for i in range(args.repeat):
+            # CPU of the processors and of the server across the run: the figures sizing (docs/deployment.md) works from.
+            cpu_before = [cpu_seconds(p.pid) for p in procs], cpu_seconds(server_pid) if server_pid else 0.0
             total, elapsed, logging_time, run_ids = end_to_end(settings, count, args.runs, args.steps, args.metrics, args.threads)
+            cpu_procs = sum(cpu_seconds(p.pid) for p in procs) - sum(cpu_before[0])
+            cpu_server = (cpu_seconds(server_pid) if server_pid else 0.0) - cpu_before[1]
             ids += run_ids
             rates.append(total / elapsed)
+            cpu = (
+                ""
+                if in_process
+                else f"; CPU per million points: processors {cpu_procs * 1e6 / total:.2f} s"
+                + (f", ClickHouse server {cpu_server * 1e6 / total:.2f} s" if server_pid else "")
+            )
             print(
                 f"{label}, round {round_no} run {i + 1}: {total:,} points from {args.runs} runs in {elapsed:.2f} s = "
-                f"{total / elapsed:,.0f} points/s (training threads spent {logging_time:.2f} s logging)",
+                f"{total / elapsed:,.0f} points/s (training threads spent {logging_time:.2f} s logging){cpu}",
                 flush=True,
             )
         shares = [p.points_written() for p in procs] if inproc is None else [inproc.points_written()]
@@ -244,8 +261,9 @@ def main() -> None:
         # Rounds interleave the configurations, so drift in the machine's load does not favour one.
         for round_no in range(1, args.rounds + 1):
             for engine, n in keys:
-                url = server.url if engine == "http" and server else None
-                rates[f"{engine}:{n}"] += configuration(kafka, home, n, False, round_no, args, server=url)
+                on_server = engine == "http" and server is not None
+                url, pid = (server.url, server.pid()) if on_server and server else (None, None)
+                rates[f"{engine}:{n}"] += configuration(kafka, home, n, False, round_no, args, server=url, server_pid=pid)
         if args.in_process:  # after the others: its engine stays loaded (and merging) in this process once it has run
             rates["in-process"] = []
             for round_no in range(1, args.rounds + 1):
