@@ -10,9 +10,10 @@ their parents, with one flush for all of them:
 
 Python runs no exit code on SIGTERM, so while a run is open the process's
 SIGTERM handler (if it is still the default, and only in the main thread)
-raises `Terminated`, a KeyboardInterrupt: the training loop unwinds like on
-Ctrl-C (its `finally` blocks and `with` blocks run), and the interpreter then
-ends by re-raising SIGINT, so a supervisor sees that a signal ended it.
+notes the signal and raises KeyboardInterrupt: the training loop unwinds like
+on Ctrl-C (its `finally` and `with` blocks run), and the interpreter then ends
+by re-raising SIGINT, so a supervisor sees that a signal ended it. (A subclass
+of KeyboardInterrupt would not do: CPython then exits with 1.)
 RUNSTREAM_HANDLE_SIGTERM=0 leaves SIGTERM alone.
 
 The exception is taken from `sys.excepthook` (wrapped, the previous hook still
@@ -37,10 +38,6 @@ from typing import Any, Protocol
 from runstream.wire import MAX_STRING_VALUE
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM arrived while a run was open (see the module docstring)."""
-
-
 class Endable(Protocol):
     """What the exit hook needs from an open run."""
 
@@ -56,6 +53,12 @@ _installed = False
 _exc: BaseException | None = None
 _exit_code: Any = None
 _exit_called = False
+_sigterm = False
+
+
+def terminated() -> bool:
+    """Whether a KeyboardInterrupt in flight came from SIGTERM (see the module docstring)."""
+    return _sigterm
 
 
 def track(run: Endable) -> None:
@@ -85,10 +88,8 @@ def format_error(exc: BaseException, tb: TracebackType | None = None) -> str:
 def outcome() -> tuple[str, str]:
     """The status and error the open runs end with, from how the process is ending."""
     exc = _exc
-    if isinstance(exc, Terminated):
-        return "Canceled", "Terminated by SIGTERM"
     if isinstance(exc, KeyboardInterrupt):
-        return "Canceled", "KeyboardInterrupt"
+        return "Canceled", "Terminated by SIGTERM" if _sigterm else "KeyboardInterrupt"
     if exc is not None:
         return "Failed", format_error(exc)
     if _exit_called and _exit_code not in (None, 0):
@@ -148,9 +149,11 @@ def _install() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
+    global _sigterm
     # A second SIGTERM while the first unwinds (or while the exit flushes) ends the process.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise Terminated("SIGTERM")
+    _sigterm = True
+    raise KeyboardInterrupt("SIGTERM")
 
 
 def _at_exit() -> None:

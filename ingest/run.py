@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from runstream.config import Settings
 from runstream.ingest import capture, lifecycle
@@ -25,6 +25,9 @@ from runstream.ingest.shipper import Shipper, get_shipper
 from runstream.ingest.values import InvalidInput, check_name, coerce_scalar_text, coerce_value
 from runstream.lifecycle import HEARTBEAT_META
 from runstream.wire import MAX_LOG_LINE, MAX_STRING_VALUE, TERMINAL_STATUSES
+
+if TYPE_CHECKING:
+    from runstream.ingest.submit import ScriptRunConfig, SubmittedRun
 
 _INF = math.inf
 # Steps are Int64 in storage; the last one logged must leave room for its successor.
@@ -58,6 +61,15 @@ class Experiment:
         if capture_output is None:
             capture_output = os.environ.get("RUNSTREAM_CAPTURE_OUTPUT", "1") != "0"
         return Run(self, name=name, tags=tags, params=params, new_id=run_id, capture_output=capture_output)
+
+    def submit(
+        self, config: ScriptRunConfig, *, name: str | None = None, tags: Mapping[str, Any] | None = None, run_id: str | None = None
+    ) -> SubmittedRun:
+        """Run a script as a new run (ingest/submit.py): returns at once, the run Queued, then
+        Running, then Completed, Failed or Canceled from the script's exit code."""
+        from runstream.ingest.submit import submit
+
+        return submit(self, config, name=name, tags=tags, run_id=run_id)
 
     def __repr__(self) -> str:
         return f"Experiment(name={self.name!r}, project={self.project!r})"
@@ -127,6 +139,8 @@ class Run:
             start["parent"] = parent.id
         self._buffer.enqueue("run_start", start)
         self._capturing = capture_output and capture.start(self)
+        # The context of a submitted script: its supervisor reports the end from the exit code.
+        self._supervised = attach and os.environ.get("RUNSTREAM_SUBMITTED") == "1"
         lifecycle.track(self)
 
     # --- identity ---
@@ -421,8 +435,9 @@ class Run:
         self._shipper.unregister(buffer)
 
     def end_at_exit(self, status: str, error: str) -> None:
-        """The process is ending with the run open (ingest/lifecycle.py): queue its end."""
-        if self._status not in TERMINAL_STATUSES:
+        """The process is ending with the run open (ingest/lifecycle.py): queue its end,
+        unless a supervisor ends it (a submitted script's context: ingest/submit.py)."""
+        if self._status not in TERMINAL_STATUSES and not self._supervised:
             self._close(status, error)
 
     def complete(self) -> None:
@@ -448,8 +463,8 @@ class Run:
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
         if exc is None:
             self.complete()
-        elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (lifecycle.Terminated)
-            self._end("Canceled", "Terminated by SIGTERM" if isinstance(exc, lifecycle.Terminated) else "KeyboardInterrupt")
+        elif isinstance(exc, KeyboardInterrupt):  # Ctrl-C, or SIGTERM (ingest/lifecycle.py)
+            self._end("Canceled", "Terminated by SIGTERM" if lifecycle.terminated() else "KeyboardInterrupt")
         else:
             self.fail(exc)
 

@@ -23,10 +23,11 @@ from __future__ import annotations
 TYPE_CHECKING = False
 
 __version__ = "0.1.0"
-__all__ = ["Experiment", "Run", "__version__"]
+__all__ = ["Experiment", "Run", "ScriptRunConfig", "__version__"]
 
 if TYPE_CHECKING:
     from runstream.ingest.run import Experiment, Run
+    from runstream.ingest.submit import ScriptRunConfig
 
 
 def __getattr__(name: str) -> object:
@@ -35,4 +36,8 @@ def __getattr__(name: str) -> object:
         from runstream.ingest import run
 
         return getattr(run, name)
+    if name == "ScriptRunConfig":
+        from runstream.ingest import submit
+
+        return submit.ScriptRunConfig
     raise AttributeError(f"module 'runstream' has no attribute {name!r}")

@@ -96,12 +96,84 @@ def build_parser() -> argparse.ArgumentParser:
     revoke.add_argument("id")
     keys.add_argument("--home", help="local state folder (RUNSTREAM_HOME)")
 
+    submit = sub.add_parser("submit", help="run a training script as a new run (what Experiment.submit does)")
+    submit.add_argument("--experiment", default=None, help="experiment name (default RUNSTREAM_EXPERIMENT or Default)")
+    submit.add_argument("--name", default=None, help="run name (default the script's name)")
+    submit.add_argument("--compute", default=None, help="compute target (default RUNSTREAM_COMPUTE, else this host: a local target)")
+    submit.add_argument("--wait", action="store_true", help="stream the script's output until it ends; exit with its result")
+    submit.add_argument("--python", default=None, help="interpreter to run the script with (default this one)")
+    submit.add_argument("--source-dir", default=None, help="folder to snapshot (default the working directory, if it holds the script)")
+    submit.add_argument("--tag", action="append", default=[], metavar="KEY=VALUE", help="a tag for the run (repeatable)")
+    submit.add_argument("--run-id", default=None, help=argparse.SUPPRESS)  # the detached supervisor's run
+    submit.add_argument("--quiet", action="store_true", help=argparse.SUPPRESS)
+    submit.add_argument("script", help="the script, a path inside the source folder")
+    submit.add_argument("args", nargs=argparse.REMAINDER, help="the script's arguments")
+    _add_common(submit)
+
     demo = sub.add_parser("demo", help="a synthetic workload through the real client")
     _add_common(demo)
     demo.add_argument("--runs", type=int, default=6)
     demo.add_argument("--steps", type=int, default=500)
     demo.add_argument("--pace", type=float, default=0.0, help="seconds to sleep between steps")
     return parser
+
+
+def _submit(args: argparse.Namespace, settings: Settings, raw: list[str]) -> int:
+    """`runstream submit`: with --wait this process supervises the run and streams its output;
+    without, a detached copy of the command does (with --wait --quiet), and this one prints
+    the run and returns."""
+    import os
+    import subprocess
+    import uuid
+    from pathlib import Path
+
+    from runstream.errors import InputError
+
+    script = Path(args.script)
+    if args.source_dir:
+        source = Path(args.source_dir)
+    elif not script.is_absolute() and script.resolve().is_relative_to(Path.cwd()):
+        source = Path.cwd()
+    else:
+        source = script.resolve().parent
+    script_in_source = script.resolve().relative_to(source.resolve()) if script.resolve().is_relative_to(source.resolve()) else script
+    if not args.wait:
+        run_id = args.run_id or uuid.uuid4().hex[:20]
+        at = raw.index("submit") + 1  # the options go before SCRIPT: what follows it is the script's
+        argv = [*raw[:at], "--wait", "--quiet", "--run-id", run_id, *raw[at:]]
+        log_dir = settings.home / "runs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{run_id}.supervisor.log", "ab") as out:
+            subprocess.Popen(
+                [sys.executable, "-m", "runstream.cli", *argv],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,  # the run outlives this shell's Ctrl-C
+                env=os.environ.copy(),
+            )
+        print(run_id)
+        print(f"{settings.api.rstrip('/')}/#/runs/{run_id}", file=sys.stderr)
+        return 0
+    from runstream.ingest.run import Experiment
+    from runstream.ingest.submit import ScriptRunConfig, submitted_exit_code
+
+    experiment = Experiment(args.experiment or os.environ.get("RUNSTREAM_EXPERIMENT") or "Default", settings=settings)
+    tags = dict(t.partition("=")[::2] for t in args.tag)
+    config = ScriptRunConfig(
+        source_directory=source, script=str(script_in_source), arguments=args.args, compute_target=args.compute, python=args.python
+    )
+    try:
+        run = experiment.submit(config, name=args.name, tags=tags, run_id=args.run_id)
+    except InputError as exc:
+        print(f"runstream submit: {exc}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        print(f"run {run.id} ({run.get_portal_url()})", file=sys.stderr, flush=True)
+    details = run.wait_for_completion(show_output=not args.quiet)
+    if not args.quiet:
+        print(f"run {run.id}: {details['status']}", file=sys.stderr)
+    return submitted_exit_code(run)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"runstream keys {args.keys_action}: {exc}", file=sys.stderr)
             return 1
         return 0
+    if args.command == "submit":
+        return _submit(args, settings, list(sys.argv[1:] if argv is None else argv))
     if args.command == "demo":
         from runstream.demo import run_demo
 
