@@ -53,7 +53,7 @@ def _folder(c: Ctx, owner: str, rel: str) -> Path:
 
 @router.put(PREFIX + "/{path:path}")
 async def upload(request: Request, path: str) -> Response:
-    c = await ctx(request)
+    c = await ctx(request, json_body=False)
     owner, rel, _, is_run = await _locate(c, path)
     if not rel:
         raise invalid("an upload needs a file path after artifacts/")

@@ -72,8 +72,9 @@ class Ctx:
         return await self.store.call(fn, self.store, self.project, *args)
 
 
-async def ctx(request: Request) -> Ctx:
-    if request.method == "GET" or request.method == "DELETE":
+async def ctx(request: Request, json_body: bool = True) -> Ctx:
+    """The request's context; its body is the query string (GET, DELETE) or, with json_body, the JSON body."""
+    if request.method == "GET" or request.method == "DELETE" or not json_body:
         body: dict[str, Any] = {}
         for key in request.query_params:
             values = request.query_params.getlist(key)

@@ -5,8 +5,12 @@
     ident    := entity '.' key          entity: metrics|metric, params|param|parameters,
                                         tags|tag, attributes|attribute|attr|run
                 key: a bare name (letters, digits, _ . - / :) or quoted with ` " or '
-    op       := = | != | < | <= | > | >= | LIKE | ILIKE | IN | NOT IN
+    op       := = | != | < | <= | > | >= | LIKE | ILIKE | IN | NOT IN | IS NULL | IS NOT NULL
     value    := 'string' | "string" | number | ( 'string' [, 'string']* )
+
+as MLflow accepts them: metrics and the time attributes compare with numbers (= != < <=
+> >=); params and tags with strings (= != LIKE ILIKE) or IS [NOT] NULL; string attributes
+(run_id, run_name, status, user_id) with = != LIKE ILIKE, run_id also with IN and NOT IN.
     order_by := ident [ASC|DESC]
 
 The only text this module puts into SQL is fixed: column expressions from the tables
@@ -41,6 +45,7 @@ ENTITIES = {
 }
 NUMERIC_OPS = ("=", "!=", "<", "<=", ">", ">=")
 STRING_OPS = ("=", "!=", "LIKE", "ILIKE", "IN", "NOT IN")
+KEY_VALUE_OPS = ("=", "!=", "LIKE", "ILIKE", "IS NULL", "IS NOT NULL")
 SQL_OP = {"=": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">=", "LIKE": "LIKE", "ILIKE": "ILIKE", "IN": "IN", "NOT IN": "NOT IN"}
 
 # MLflow's status names from the stored status, for filters and ordering on attributes.status.
@@ -185,6 +190,14 @@ class _Parser:
         if tok.kind == "word" and tok.text.upper() == "NOT" and self.word("IN"):
             self.take()
             return "NOT IN"
+        if tok.kind == "word" and tok.text.upper() == "IS":
+            negated = self.word("NOT")
+            if negated:
+                self.take()
+            if not self.word("NULL"):
+                raise self.error("expected IS NULL or IS NOT NULL")
+            self.take()
+            return "IS NOT NULL" if negated else "IS NULL"
         raise self.error(f"expected a comparator, got {tok.text!r}")
 
     def value(self, op: str) -> Any:
@@ -212,7 +225,7 @@ class _Parser:
     def condition(self) -> Condition:
         entity, key = self.identifier()
         op = self.operator()
-        value = self.value(op)
+        value = None if op in ("IS NULL", "IS NOT NULL") else self.value(op)
         numeric = entity == "metric" or (entity == "attribute" and ATTRIBUTES[key][1])
         if numeric:
             if op not in NUMERIC_OPS:
@@ -220,8 +233,11 @@ class _Parser:
             if not isinstance(value, float):
                 raise self.error(f"{entity} {key!r} compares with a number, got {value!r}")
         else:
-            if op not in STRING_OPS:
-                raise self.error(f"{op} does not apply to {entity} {key!r}; use one of {', '.join(STRING_OPS)}")
+            allowed = KEY_VALUE_OPS[:4] if entity == "attribute" else KEY_VALUE_OPS
+            if entity == "attribute" and key in ("run_id", "run_uuid"):
+                allowed = STRING_OPS
+            if op not in allowed:
+                raise self.error(f"{op} does not apply to {entity} {key!r}; use one of {', '.join(allowed)}")
             if isinstance(value, float):
                 raise self.error(f"{entity} {key!r} compares with a quoted string, got {value!r}")
         return Condition(entity, key, op, value)
@@ -295,6 +311,10 @@ def condition_sql(cond: Condition, p: Params, deleted_tag: str) -> str:
         present = f"mapContains({column}, {key})"
         if cond.entity == "tag":
             present += f" AND {column}[{key}] != {p.bind(deleted_tag, 'String')}"
+        if cond.op == "IS NULL":
+            return f"NOT ({present})"
+        if cond.op == "IS NOT NULL":
+            return f"({present})"
         return f"({present} AND {_compare(f'{column}[{key}]', cond.op, cond.value, p, 'String')})"
     expr, numeric = ATTRIBUTES[cond.key]
     if numeric:

@@ -5,6 +5,7 @@ its files go through the artifact proxy under `<experiment>/models/<model id>/ar
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -17,6 +18,9 @@ from runstream.api.mlflow.protocol import invalid, key_values, not_found, text
 PREFIX = "/api/2.0/mlflow/logged-models"
 STATUSES = ("LOGGED_MODEL_PENDING", "LOGGED_MODEL_READY", "LOGGED_MODEL_UPLOAD_FAILED")
 router = APIRouter(route_class=MlflowRoute, tags=["mlflow"])
+_MODEL_COND = re.compile(
+    r"(?:attributes?\.)?(?P<key>name|model_id|source_run_id|model_type|status)\s*(?P<op>!=|=)\s*'(?P<value>(?:[^']|'')*)'", re.IGNORECASE
+)
 
 
 def _pairs(items: Any, what: str) -> dict[str, str]:
@@ -132,11 +136,26 @@ async def delete_logged_model(request: Request, model_id: str) -> Response:
 
 @router.post(PREFIX + "/search")
 async def search_logged_models(request: Request) -> Response:
-    """The models of the given experiments, newest first (no filter grammar: one page)."""
+    """The models of the given experiments, newest first, in one page; the filter may compare
+    name, model_id, source_run_id, model_type or status with = or != (joined by AND)."""
     c = await ctx(request)
     wanted = {str(e) for e in c.body.get("experiment_ids") or []}
-    if c.body.get("filter"):
-        raise invalid("filters on logged models are not supported by runstream")
-    found = [m for m in await c.call(objects.all_of, "logged_model") if not m.get("deleted") and (not wanted or m["experiment_id"] in wanted)]
+    conditions = []
+    for clause in re.split(r"\s+AND\s+", str(c.body.get("filter") or "").strip(), flags=re.IGNORECASE):
+        if not clause:
+            continue
+        m = _MODEL_COND.fullmatch(clause.strip())
+        if m is None:
+            raise invalid(
+                f"Invalid logged model filter {clause!r}: runstream supports <name|model_id|source_run_id|model_type|status> = or != 'value'"
+            )
+        conditions.append((m.group("key"), m.group("op"), m.group("value").replace("''", "'")))
+
+    def keep(m: dict[str, Any]) -> bool:
+        return all((str(m.get(key, "")) == value) == (op == "=") for key, op, value in conditions)
+
+    found = [
+        m for m in await c.call(objects.all_of, "logged_model") if not m.get("deleted") and (not wanted or m["experiment_id"] in wanted) and keep(m)
+    ]
     found.sort(key=lambda m: m["creation_timestamp_ms"], reverse=True)
     return json_response({"models": [model_json(m) for m in found]})
