@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import mimetypes
 from pathlib import Path
+from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse
@@ -66,7 +67,7 @@ async def upload(request: Request, path: str) -> Response:
     except ValueError as exc:
         raise invalid(str(exc)) from None
     if is_run:
-        fields = {k: meta[k] for k in ("path", "file_kind", "size", "content_type", "uri", "sha256")}
+        fields: dict[str, Any] = {k: meta[k] for k in ("path", "file_kind", "size", "content_type", "uri", "sha256")}
         await c.writer.send([c.writer.event("file", owner, c.project, name=Path(rel).name, **fields)])
     return json_response({})
 

@@ -540,15 +540,15 @@ async def _without_model_links(c: Ctx, run_id: str, metrics: list[Any]) -> list[
     if not linked:
         return metrics
     await c.writer.wait_stored(c.store, c.project, [run_id])
-    have: set[tuple[str, int, int, float]] = set()
+    have: set[tuple[Any, ...]] = set()
     for key in {mt.get("key") for mt in linked if isinstance(mt.get("key"), str)}:
         history = await c.call(reads.metric_history, run_id, key, None, None)
         have |= {(key, h["step"], h["timestamp"], h["value"]) for h in history["metrics"]}
 
     def known(mt: dict[str, Any]) -> bool:
         try:
-            return (mt.get("key"), int(mt.get("step", 0)), int(mt.get("timestamp") or 0), float(mt.get("value"))) in have  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+            return (mt.get("key"), int(mt.get("step", 0)), int(mt.get("timestamp") or 0), number(mt.get("value"), "value")) in have
+        except (TypeError, ValueError, MlflowError):
             return False
 
     return [mt for mt in metrics if not (isinstance(mt, dict) and mt.get("model_id") and known(mt))]
