@@ -204,7 +204,16 @@ def get_series(
         )
         steps = [int(p[0][0]) for p in rows]
         values = [clean(p[0][1]) for p in rows]
-        return Series(name, steps, values, [], count, True)
+        # The kept points' times (the first point at each kept step), so a chart can put time on x.
+        params["kept"] = steps
+        first_ts = dict(
+            store.query_rows(
+                f"SELECT step, toUnixTimestamp64Milli(min(ts)) FROM metric_points WHERE {where} AND step IN {{kept:Array(Int64)}} GROUP BY step",
+                params,
+            )
+        )
+        timestamps = [first_ts.get(s, 0) / 1000.0 for s in steps]
+        return Series(name, steps, values, timestamps, count, True)
     rows = store.query_rows(f"SELECT step, value, value_str, toUnixTimestamp64Milli(ts) FROM metric_points WHERE {where} ORDER BY step, ts", params)
     return Series(
         name,

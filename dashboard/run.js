@@ -1,6 +1,7 @@
 // Run page: live metric charts, tables, images, files, tags, params, children, log tail.
 import { api, ApiError, fileUrl, live, numOrNull } from "./api.js";
 import { createChart } from "./charts.js";
+import { createChartControls } from "./chartctl.js";
 import {
   clear, put, duration, fmtBytes, fmtNum, h, isNum, kvTable, message, rafThrottle, setBadge, statusBadge, TERMINAL, throttle, timeEl,
 } from "./util.js";
@@ -10,9 +11,11 @@ const LOG_KEEP = 2000;
 
 /** One metric's card: lazily created uPlot, REST load, live appends. */
 class MetricCard {
-  constructor(runId, name, summary, observer) {
+  constructor(runId, name, summary, observer, ctl) {
     this.runId = runId;
     this.name = name;
+    this.ctl = ctl;
+    this.ts = [];
     this.summary = { ...(summary || {}) };
     this.xs = [];
     this.ys = [];
@@ -28,9 +31,11 @@ class MetricCard {
     this.refetchSoon = throttle(() => this.load(), 1500);
     this.statEl = h("span.stat");
     this.subEl = h("span.sub");
+    this.descEl = h("p.desc", { hidden: true });
     this.box = h("div.chart", { dataset: { metric: name, points: "0" } });
     this.el = h("section.card.chart-card", { dataset: { metric: name } },
       h("header", h("h3", { title: name }, name), this.statEl),
+      this.descEl,
       this.box,
       h("footer", this.subEl));
     this.el._card = this;
@@ -40,8 +45,15 @@ class MetricCard {
 
   activate() {
     if (this.chart) return;
-    this.chart = createChart(this.box, { series: [{ label: this.name }], height: 200 });
+    this.chart = this.ctl.chart(this.box, this.name, { height: 200 }); // chartctl.js: smoothing, axes, zoom
     this.load();
+  }
+
+  /** The metric's stored description (Run.log(..., description=)), under the title. */
+  describe(text) {
+    this.descEl.hidden = !text;
+    this.descEl.textContent = text || "";
+    this.descEl.title = text || "";
   }
 
   async load() {
@@ -50,6 +62,7 @@ class MetricCard {
     const p = api.series(this.runId, this.name, { max_points: want }).then((r) => {
       this.xs = r.steps.slice();
       this.ys = r.values.map(numOrNull);
+      this.ts = r.timestamps?.length === r.steps.length ? r.timestamps.slice() : r.steps.map(() => null);
       for (let i = r.values.length - 1; i >= 0; i--) {
         if (typeof r.values[i] === "string") { this.lastText = r.values[i]; break; }
       }
@@ -91,6 +104,7 @@ class MetricCard {
       if (s[i] < last) this.unsorted = true;
       this.xs.push(s[i]);
       this.ys.push(numOrNull(v[i]));
+      this.ts.push(slot.t?.[i] ?? Date.now() / 1000);
       if (typeof v[i] === "string") this.lastText = v[i];
     }
     this.count += slot.n ?? s.length;
@@ -133,12 +147,13 @@ class MetricCard {
       const idx = this.xs.map((_, i) => i).sort((a, b) => this.xs[a] - this.xs[b]);
       this.xs = idx.map((i) => this.xs[i]);
       this.ys = idx.map((i) => this.ys[i]);
+      this.ts = idx.map((i) => this.ts[i]);
       this.unsorted = false;
     }
     const numeric = this.ys.some((y) => y != null);
     this.el.classList.toggle("textual", !numeric && this.lastText != null);
     if (!numeric && this.lastText != null) this.subEl.textContent = `text values · last: ${this.lastText}`;
-    this.chart.setData([this.xs, this.ys]);
+    this.chart.setData([this.xs, this.ys], this.ts);
     this.box.dataset.count = String(this.count);
     this.renderStats();
   }
@@ -225,7 +240,8 @@ export function mount(ctx) {
   const notice = h("div");
   const metricFilter = h("input.filter", { type: "search", placeholder: "Filter metrics…", hidden: true, oninput: () => filterCards() });
   const metricsGrid = h("div.charts");
-  const metricsSec = h("section.section", h("div.section-head", h("h2", "Metrics"), metricFilter), metricsGrid);
+  const ctl = createChartControls(ctx, { runId: id, metricNames: () => [...cards.keys()].sort(byName) });
+  const metricsSec = h("section.section", h("div.section-head", h("h2", "Metrics"), metricFilter), ctl.bar, metricsGrid);
   const tablesGrid = h("div.charts");
   const tablesSec = h("section.section", { hidden: true }, h("h2", "Tables & rows"), tablesGrid);
   const imagesGrid = h("div.images");
@@ -255,7 +271,7 @@ export function mount(ctx) {
   function ensureCard(name, summary) {
     let card = cards.get(name);
     if (!card) {
-      card = new MetricCard(id, name, summary, observer);
+      card = new MetricCard(id, name, summary, observer, ctl);
       cards.set(name, card);
       // keep cards in name order
       const after = [...cards.keys()].find((n) => byName(n, name) > 0 && cards.get(n).el.isConnected);
@@ -394,10 +410,12 @@ export function mount(ctx) {
     if (disposed) return false;
     renderHead();
     renderSide();
+    ctl.setRunStart(run.created_at);
     for (const [name, sm] of Object.entries(run.metrics || {}).sort(([a], [b]) => byName(a, b))) {
       const card = ensureCard(name, sm);
       card.summary = { ...sm };
       card.renderStats();
+      card.describe(run.descriptions?.[name]);
     }
     if (!cards.size && !metricsGrid.querySelector(".empty-charts")) metricsGrid.append(h("p.muted.empty-charts", "No metrics logged yet."));
     for (const t of run.tables || []) ensureTable(t);
@@ -465,6 +483,7 @@ export function mount(ctx) {
     clearInterval(refresher);
     observer?.disconnect();
     for (const c of cards.values()) c.destroy();
+    ctl.destroy();
     for (const c of tableCards.values()) c.destroy();
   };
 }
