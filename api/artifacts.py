@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 import os
+import secrets
 from pathlib import Path
 from typing import Protocol
 
@@ -47,6 +48,28 @@ class LocalArtifactStore:
             "path": safe_relpath(path),
             "size": len(data),
             "sha256": hashlib.sha256(data).hexdigest(),
+            "uri": f"file://{target}",
+            "content_type": content_type,
+            "file_kind": "image" if content_type.startswith("image/") else "file",
+        }
+
+    def staging_path(self) -> Path:
+        """A new file to stream an upload into before put_file (beside the artifacts, so the
+        final move is a rename)."""
+        staging = self.root / ".staging"
+        staging.mkdir(parents=True, exist_ok=True)
+        return staging / secrets.token_hex(12)
+
+    def put_file(self, project: str, run_id: str, path: str, staged: Path, size: int, sha256: str) -> dict[str, object]:
+        """Move an upload streamed into `staged` (staging_path) into place; put()'s answer."""
+        target = self._file(project, run_id, path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, target)
+        content_type = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        return {
+            "path": safe_relpath(path),
+            "size": size,
+            "sha256": sha256,
             "uri": f"file://{target}",
             "content_type": content_type,
             "file_kind": "image" if content_type.startswith("image/") else "file",

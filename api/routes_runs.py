@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 
 from runstream.api import queries
-from runstream.api.artifacts import LocalArtifactStore
+from runstream.api.artifacts import LocalArtifactStore, safe_relpath
 from runstream.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from runstream.storage.store import Store
 
@@ -142,11 +143,26 @@ async def upload_file(request: Request, run_id: str, path: str, project: str | N
     scope = request.state.project
     if scope is not None and project not in (None, scope):
         raise Forbidden(f"this API key may only write to project {scope!r}")
-    body = await request.body()
-    if len(body) > request.app.state.max_upload_bytes:
-        raise PayloadTooLarge(f"file of {len(body)} bytes exceeds the {request.app.state.max_upload_bytes}-byte limit")
     artifacts: LocalArtifactStore = request.app.state.artifacts
+    limit = request.app.state.max_upload_bytes
     try:
-        return artifacts.put(scope or project or request.app.state.settings.project, run_id, path, body)
+        safe_relpath(path)
     except ValueError as exc:
         raise BadRequest(str(exc)) from None
+    # Streamed to disk as it arrives: a large file never sits in the api's memory.
+    staged = artifacts.staging_path()
+    size, digest = 0, hashlib.sha256()
+    try:
+        with open(staged, "wb") as out:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"file of more than {limit} bytes exceeds the {limit}-byte limit")
+                digest.update(chunk)
+                out.write(chunk)
+        try:
+            return artifacts.put_file(scope or project or request.app.state.settings.project, run_id, path, staged, size, digest.hexdigest())
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+    finally:
+        staged.unlink(missing_ok=True)

@@ -99,20 +99,6 @@ def download_file(run: Run, name: str, target: Path) -> None:
     os.replace(part, target)
 
 
-def upload_artifact(settings: Settings, project: str, run_id: str, path: str, data: bytes) -> dict[str, Any]:
-    with _client(settings) as client:
-        response = client.put(
-            f"/api/v1/runs/{quote(run_id, safe='')}/files/{quote(path)}",
-            content=data,
-            params={"project": project},
-            headers={"Content-Type": "application/octet-stream"},
-        )
-    if response.status_code >= 400:
-        raise ApiError(f"upload of {path!r} failed: {response.status_code}: {response.text[:300]}", response.status_code)
-    result: dict[str, Any] = response.json()
-    return result
-
-
 def wait_for_completion(run: Run, show_output: bool = False, poll: float = 0.5, timeout: float | None = None) -> dict[str, Any]:
     deadline = None if timeout is None else time.monotonic() + timeout
     since = 0.0

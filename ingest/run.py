@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from runstream.config import Settings
-from runstream.ingest import capture, lifecycle
+from runstream.ingest import artifacts, capture, lifecycle
+from runstream.ingest.artifacts import FileSink, Uploads, get_uploads
 from runstream.ingest.buffer import EVENT_POINTS as EVENT_POINTS  # re-exported: the bound on points per event
 from runstream.ingest.buffer import ReadOnlyBuffer, ReadOnlyRun, RunBuffer
 from runstream.ingest.metadata import run_metadata
@@ -33,6 +34,23 @@ _INF = math.inf
 # Steps are Int64 in storage; the last one logged must leave room for its successor.
 _STEP_MIN, _STEP_MAX = -(2**63), 2**63 - 1
 _time = time.time
+
+
+def _has_uploads() -> bool:
+    return artifacts._uploads is not None and artifacts._uploads.pending > 0
+
+
+class _EndedSink:
+    """The writer of a `file` event for a run of an earlier process (an adopted upload): one
+    event on a buffer that takes no heartbeat."""
+
+    def __init__(self, buffer: RunBuffer, shipper: Shipper) -> None:
+        self.buffer = buffer
+        shipper.register(buffer)
+        shipper.unregister(buffer)  # known to the shipper while it lives, never heartbeated
+
+    def enqueue(self, kind: str, payload: dict[str, Any], *, last: bool = False) -> None:
+        self.buffer.enqueue(kind, payload, last=True)
 
 
 class Experiment:
@@ -347,38 +365,46 @@ class Run:
         """Hyper-parameters (strings or numbers), shown and filterable like tags."""
         self._buffer.enqueue("params", {"params": {check_name(k, "param name"): coerce_scalar_text(v, f"param {k!r}") for k, v in params.items()}})
 
-    # --- files (bytes go to the api; the reference goes over Kafka) ---
-    def upload_file(self, name: str, path_or_stream: str | os.PathLike[str] | IO[bytes]) -> None:
-        from runstream.ingest.reader import upload_artifact
+    # --- files: spooled on local disk, uploaded to the api in the background (ingest/artifacts.py) ---
+    def _uploads(self) -> Uploads:
+        shipper = self._shipper
 
+        def sink_for(run_id: str, project: str) -> FileSink:
+            return _EndedSink(RunBuffer(run_id, project, [], shipper), shipper)
+
+        return get_uploads(self.settings, sink_factory=sink_for, flush_events=shipper.flush)
+
+    def upload_file(self, name: str, path_or_stream: str | os.PathLike[str] | IO[bytes]) -> None:
+        """Attach a file (a path or a binary stream) as `name`; returns once it is on local disk."""
         check_name(name, "file name")
-        if isinstance(path_or_stream, (str, os.PathLike)):
-            data = Path(path_or_stream).read_bytes()
-        else:
-            data = path_or_stream.read()
-        meta = upload_artifact(self.settings, self.project, self.id, name, data)
-        self._buffer.enqueue(
-            "file",
-            {
-                "path": name,
-                "file_kind": meta.get("file_kind", "file"),
-                "size": len(data),
-                "uri": meta.get("uri", ""),
-                "sha256": meta.get("sha256", ""),
-                "content_type": meta.get("content_type", ""),
-            },
-        )
+        self._writer()
+        if isinstance(path_or_stream, (str, os.PathLike)) and not Path(path_or_stream).is_file():
+            raise InvalidInput(f"upload_file({name!r}): {str(path_or_stream)!r} is not a file")
+        self._uploads().add(self.project, self.id, name, path_or_stream, self._buffer)
+
+    def upload_folder(self, name: str, path: str | os.PathLike[str]) -> list[str]:
+        """Attach every file under the folder `path` as `name/<relative path>`; the names."""
+        check_name(name, "folder name")
+        folder = Path(path)
+        if not folder.is_dir():
+            raise InvalidInput(f"upload_folder({name!r}): {str(path)!r} is not a folder")
+        names = []
+        for file in sorted(p for p in folder.rglob("*") if p.is_file()):
+            names.append(f"{name.rstrip('/')}/{file.relative_to(folder).as_posix()}")
+            self.upload_file(names[-1], file)
+        return names
 
     def log_image(self, name: str, path: str | os.PathLike[str] | None = None, plot: Any = None, description: str = "") -> None:
         """An image file, or a matplotlib figure (or pyplot) rendered to PNG."""
-        from runstream.ingest.reader import upload_artifact
-
         check_name(name, "image name")
+        self._writer()
         if (path is None) == (plot is None):
             raise InvalidInput("log_image takes exactly one of path= or plot=")
+        source: str | os.PathLike[str] | bytes
         if path is not None:
-            data = Path(path).read_bytes()
-            suffix = Path(path).suffix or ".png"
+            if not Path(path).is_file():
+                raise InvalidInput(f"log_image({name!r}): {str(path)!r} is not a file")
+            source, suffix = path, Path(path).suffix or ".png"
         else:
             import io
 
@@ -387,22 +413,8 @@ class Run:
             if savefig is None:
                 raise InvalidInput("plot= must be a matplotlib figure or pyplot")
             savefig(buf, format="png")
-            data = buf.getvalue()
-            suffix = ".png"
-        rel = f"images/{name}{suffix}"
-        meta = upload_artifact(self.settings, self.project, self.id, rel, data)
-        self._buffer.enqueue(
-            "file",
-            {
-                "path": rel,
-                "name": name,
-                "file_kind": "image",
-                "size": len(data),
-                "uri": meta.get("uri", ""),
-                "sha256": meta.get("sha256", ""),
-                "content_type": meta.get("content_type", ""),
-            },
-        )
+            source, suffix = buf.getvalue(), ".png"
+        self._uploads().add(self.project, self.id, f"images/{name}{suffix}", source, self._buffer, file_kind="image", name=name)
 
     # --- child runs and lifecycle ---
     def child_run(
@@ -419,6 +431,8 @@ class Run:
         self._writer()
         if self._status in TERMINAL_STATUSES:
             return
+        if _has_uploads():  # the end follows the run's files, so an ended run lists them all
+            self._uploads().flush(timeout)
         self._close(status, error)
         if timeout is not None:
             self._shipper.flush(timeout)
@@ -452,10 +466,14 @@ class Run:
         self._end("Canceled")
 
     def flush(self, timeout: float | None = 60.0) -> bool:
-        """Wait until everything logged so far is acknowledged by Kafka; False on timeout."""
+        """Wait until every file added so far is uploaded and everything logged is
+        acknowledged by Kafka; False on timeout."""
         if self.readonly:
             return True
-        return self._shipper.flush(timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        uploaded = self._uploads().flush(timeout) if _has_uploads() else True
+        rest = None if deadline is None else max(0.0, deadline - time.monotonic())
+        return self._shipper.flush(rest) and uploaded
 
     def __enter__(self) -> Run:
         return self
