@@ -57,6 +57,10 @@ def listen_socket(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+    # asyncio turns Nagle off only on sockets it creates as IPPROTO_TCP; accepted connections
+    # inherit this. With Nagle on, uvicorn's separate header and body writes waited for the
+    # client's delayed ACK: ~44 ms on every loopback request, 0.8 ms without (api/mlflow).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     return sock
 
