@@ -443,4 +443,13 @@ class SqlEngine:
         loop = asyncio.get_running_loop()
         wait = self.limits.timeout_s if timeout_s is None else min(float(timeout_s), self.limits.timeout_s)
         async with self.gate.slot(project, wait_s=wait):
-            return await loop.run_in_executor(self._executor, lambda: self.run(sql, project, fmt, max_rows, timeout_s))
+            return await loop.run_in_executor(self._executor, lambda: self._run_or_drop_client(sql, project, fmt, max_rows, timeout_s))
+
+    def _run_or_drop_client(self, *args: Any) -> QueryResult:
+        """`run`; after a failure this thread's client is replaced: a query cut off mid-stream
+        (time or memory limit) leaves the rest of its answer in an embedded connection."""
+        try:
+            return self.run(*args)
+        except Exception:
+            self._local.client = None
+            raise

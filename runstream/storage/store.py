@@ -120,14 +120,6 @@ def storage_error(exc: BaseException) -> StorageError:
     return StorageError(f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
 
 
-@contextmanager
-def _clickhouse_call() -> Iterator[None]:
-    try:
-        yield
-    except StorageError:
-        raise
-    except Exception as exc:
-        raise storage_error(exc) from exc
 
 
 def _make_client(dsn: str) -> Client:
@@ -159,6 +151,20 @@ class Store:
         # Its own connection for the migration lock's heartbeat thread.
         self.applied_migrations = migrate(self.client(), connect=lambda: _make_client(dsn))
 
+    @contextmanager
+    def _clickhouse_call(self) -> Iterator[None]:
+        """A call on this thread's client; a failure raises StorageError and drops the client.
+        A query cut off mid-stream (a time limit, a memory limit) leaves the rest of its
+        answer in the embedded engine's connection, and the next query on it reads that as
+        its own (IndexError in the block reader): a fresh connection starts clean."""
+        try:
+            yield
+        except StorageError:
+            raise
+        except Exception as exc:
+            self._local.client = None
+            raise storage_error(exc) from exc
+
     def client(self) -> Client:
         client = getattr(self._local, "client", None)
         if client is None:
@@ -168,28 +174,28 @@ class Store:
 
     # --- sync API (call from the worker thread, or from scripts and tests); failures raise StorageError ---
     def query_rows(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[tuple[Any, ...]]:
-        with _clickhouse_call():
+        with self._clickhouse_call():
             rows: Any = self.client().query(sql, parameters=params, settings=settings).result_rows
             return [tuple(r) for r in rows]
 
     def query_dicts(self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        with _clickhouse_call():
+        with self._clickhouse_call():
             result = self.client().query(sql, parameters=params, settings=settings)
             names = result.column_names
             return [dict(zip(names, row)) for row in result.result_rows]
 
     def command(self, sql: str, params: dict[str, Any] | None = None) -> Any:
-        with _clickhouse_call():
+        with self._clickhouse_call():
             return self.client().command(sql, parameters=params)
 
     def insert_arrow(self, table: str, data: pa.Table) -> None:
         if data.num_rows:
-            with _clickhouse_call():
+            with self._clickhouse_call():
                 self.client().insert_arrow(table, data)
 
     def insert_rows(self, table: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
         if rows:
-            with _clickhouse_call():
+            with self._clickhouse_call():
                 self.client().insert(table, [tuple(r) for r in rows], column_names=list(columns))
 
     # --- async API ---
