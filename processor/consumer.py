@@ -39,6 +39,7 @@ from runstream.processor.caches import RunCache
 from runstream.processor.deadletter import DeadLetters
 from runstream.processor.intake import MAX_BATCH_BYTES, Intake
 from runstream.processor.lanes import DataLane, LedgerLane
+from runstream.processor.live import split_by_durability
 from runstream.processor.positions import Commits, Positions
 from runstream.processor.prepare import Prepared, Preparer
 from runstream.processor.publish import LivePublisher, LiveSink
@@ -376,9 +377,12 @@ class Processor:
         data_done.set_result(True)
         t3 = time.perf_counter()
         self.stats.points_written += built.points  # stored and queryable now; the ledger is bookkeeping for replays
-        live = asyncio.create_task(k.publisher.publish(updates)) if updates else None
+        at_once, after_ledger = split_by_durability(updates) if updates else ([], [])
+        sends = [asyncio.create_task(k.publisher.publish(at_once))] if at_once else []
         if not await self.ledger.write(batch):
             return False
+        if after_ledger:  # the run rows they announce are readable now (processor.live.split_by_durability)
+            sends.append(asyncio.create_task(k.publisher.publish(after_ledger)))
         if previous is not None and not await previous:  # commits stay in batch order
             return False
         t3b = time.perf_counter()
@@ -391,8 +395,8 @@ class Processor:
                 await k.dead_letters.send(batch.dead)
             except Exception as exc:  # the events are logged with their reasons; keep the pipeline going
                 log.error("dead-letter topic not written: %s", exc)
-        if live is not None:
-            await live
+        for send in sends:
+            await send
         t4 = time.perf_counter()
         k.commits.schedule(batch.commit)
         t5 = time.perf_counter()

@@ -127,3 +127,17 @@ def build_updates(
             item["logs"] = item["logs"][-LIVE_LOG_LINES:]
             item["logs_truncated"] = True
     return list(per_run.values())
+
+
+def split_by_durability(updates: list[LiveUpdate]) -> tuple[list[LiveUpdate], list[LiveUpdate]]:
+    """(updates to send once the batch's data tables are stored, updates to send once its
+    ledger is). An update that changes a run row (a status, a start, tags or params) waits
+    for the ledger lane, which writes the run rows: a subscriber registering in between would
+    otherwise miss it and read the old row in its snapshot, and a run that has ended sends
+    nothing more to correct it. Points and log lines are readable once the data tables are
+    stored, so they go at once."""
+    now: list[LiveUpdate] = []
+    after_ledger: list[LiveUpdate] = []
+    for update in updates:
+        (after_ledger if "status" in update or update.get("meta") else now).append(update)
+    return now, after_ledger

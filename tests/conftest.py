@@ -135,9 +135,10 @@ def store(request: pytest.FixtureRequest, home: Path) -> Store:
 class Stack:
     """Processor + api on one event loop in a background thread."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, **processor_options: Any) -> None:
         self.settings = settings
         self.store = store
+        self.processor_options = processor_options  # Processor's keyword arguments (ledger_interval, ...)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="stack-loop", daemon=True)
         self.thread.start()
@@ -152,7 +153,7 @@ class Stack:
     def start(self) -> None:
         from runstream.api.app import create_app, listen_socket, server_config
 
-        self.processor = Processor(self.settings, self.store)
+        self.processor = Processor(self.settings, self.store, **self.processor_options)
         self.run(self.processor.start())
         app = create_app(self.settings, self.store, self.processor)
         self.server = uvicorn.Server(server_config(app, "127.0.0.1", self.port, lifespan="on"))
