@@ -7,6 +7,8 @@ imported here and nowhere else in the core.
 
 from __future__ import annotations
 
+import logging
+
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -54,10 +56,28 @@ def processor_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+class CoordinatorStartupFilter(logging.Filter):
+    """Logs aiokafka's "Group Coordinator Request failed: GroupCoordinatorNotAvailableError"
+    at INFO, not ERROR. A fresh broker answers it until it has created its offsets topic
+    (the first seconds of `make up`), a newcomer reads the ERROR line as a failure, and
+    aiokafka retries on its own; any other record passes unchanged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and "GroupCoordinatorNotAvailableError" in record.getMessage():
+            record.levelno, record.levelname = logging.INFO, logging.getLevelName(logging.INFO)
+        return True
+
+
+_COORDINATOR_FILTER = CoordinatorStartupFilter()
+
+
 def processor_consumer(settings: Settings, group_id: str) -> AIOKafkaConsumer:
     """The processor's group consumer: positions are committed only after ClickHouse has the
     batch (no auto-commit); a short fetch wait keeps live updates prompt; a 10 s session
     notices a killed processor quickly."""
+    coordinator_log = logging.getLogger("aiokafka.consumer.group_coordinator")
+    if _COORDINATOR_FILTER not in coordinator_log.filters:
+        coordinator_log.addFilter(_COORDINATOR_FILTER)
     return AIOKafkaConsumer(
         bootstrap_servers=settings.kafka,
         group_id=group_id,
