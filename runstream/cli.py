@@ -64,9 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="processor + api + dashboard in one process")
     _add_common(up)
     _add_http(up, defaults.api)
-    up.add_argument("--demo", action="store_true", help="also stream a few synthetic training runs through the real client")
-    up.add_argument("--demo-runs", type=int, default=6)
-    up.add_argument("--demo-steps", type=int, default=2000)
+    up.add_argument("--demo", action="store_true", help="also keep a small synthetic sweep going through the real client until stopped")
+    up.add_argument("--demo-runs", type=int, default=4, help="trials of each demo sweep generation (default 4)")
+    up.add_argument("--demo-steps", type=int, default=120, help="steps of each demo trial, 4 a second (default 120)")
 
     proc = sub.add_parser("processor", help="the processor alone (start several to scale out)")
     _add_common(proc)

@@ -87,9 +87,10 @@ async def serve(
             config = server_config(app, host, port, lifespan="on")
             server = uvicorn.Server(config)
             if demo is not None:
-                from runstream.demo import run_demo
+                from runstream.demo import DemoSweep
 
-                threading.Thread(target=run_demo, kwargs={"settings": settings, "stop": stop_demo, **demo}, daemon=True).start()
+                sweep = DemoSweep(settings, stop_demo, trials=demo.get("runs", 4), steps=demo.get("steps", 120))
+                threading.Thread(target=sweep.run, name="demo-sweep", daemon=True).start()
             print(f"runstream dashboard: http://{'localhost' if host in ('0.0.0.0', '127.0.0.1') else host}:{port}/", flush=True)
             await _until_processor_fails(server.serve(sockets=[listen_socket(host, port)]), proc, lambda: setattr(server, "should_exit", True))
         else:
