@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from runstream.api import run_filters
 from runstream.errors import BadRequest, NotFound
 from runstream.lifecycle import status_sql
 from runstream.storage.schema import RUN_FIELDS
@@ -260,8 +261,121 @@ def list_runs(
     metrics: list[str] | None = None,
     compute: str | None = None,
     meta: list[str] | None = None,
+    filters: list[str] | None = None,
+    with_children: bool = False,
 ) -> dict[str, Any]:
     params: dict[str, Any] = {"limit": limit, "offset": offset}
+    where = _runs_where(project, params, experiment, status, tag, parent, compute, meta, filters)
+    desc = order_by.startswith("-")
+    key = order_by.lstrip("-+")
+    join = ""
+    if key.startswith("metric."):
+        metric, _, stat = key[len("metric.") :].partition(":")
+        stat = stat or "last"
+        if stat not in SUMMARY_STATS:
+            raise BadRequest(f"order_by statistic must be one of {', '.join(SUMMARY_STATS)}")
+        params["order_metric"] = metric
+        join = (
+            f" LEFT JOIN (SELECT project, run_id, {SUMMARY_SELECT} FROM metric_summaries "
+            "WHERE metric = {order_metric:String} GROUP BY project, run_id) AS o ON o.project = r.project AND o.run_id = r.run_id"
+        )
+        where.append("o.run_id != ''")
+        order = f"o.{stat} {'DESC' if desc else 'ASC'}, r.run_id"
+    elif key in ORDERABLE:
+        order = f"r.{key} {'DESC' if desc else 'ASC'}, r.run_id"
+    elif key == "duration":
+        order = f"dateDiff('millisecond', r.created_at, ifNull(r.ended_at, now64(3))) {'DESC' if desc else 'ASC'}, r.run_id"
+    elif (terms := run_filters.order_key(key, params)) is not None:
+        # A param or tag column: numbers by value, text after them; runs without the key last.
+        d = "DESC" if desc else "ASC"
+        order = f"{terms[0]} {d} NULLS LAST, {terms[1]} = '' ASC, {terms[1]} {d}, r.run_id"
+    else:
+        raise BadRequest(
+            f"order_by must be one of {', '.join(sorted(ORDERABLE))}, duration, metric.<name>[:stat], params.<key> or tags.<key>, "
+            "optionally prefixed by '-'"
+        )
+
+    fields = ", ".join(f"r.{f.strip()} AS {f.strip()}" for f in RUN_FIELDS.split(","))
+    base = f"FROM {shown_runs()} AS r{join} WHERE {' AND '.join(where)}"
+    total = int(store.query_rows(f"SELECT count() {base}", params)[0][0])
+    rows = store.query_dicts(f"SELECT {fields} {base} ORDER BY {order} LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}", params)
+    runs = [run_row_to_json(r) for r in rows]
+    if metrics and runs:
+        summaries = summaries_for(store, [(r["project"], r["id"]) for r in runs], metrics)
+        for r in runs:
+            r["metrics"] = summaries.get(r["id"], {})
+    if with_children and runs:
+        # How many child runs each listed run has (the list expands a parent to them).
+        children = dict(
+            store.query_rows(
+                f"SELECT parent_id, count() FROM {shown_runs()} WHERE parent_id IN {{ids:Array(String)}} "
+                "AND project IN {projects:Array(String)} GROUP BY parent_id",
+                {"ids": [r["id"] for r in runs], "projects": sorted({r["project"] for r in runs})},
+            )
+        )
+        for r in runs:
+            r["children"] = int(children.get(r["id"], 0))
+    return {"total": total, "limit": limit, "offset": offset, "runs": runs}
+
+
+def list_run_groups(
+    store: Store,
+    project: str | None,
+    group_by: str,
+    *,
+    metrics: list[str] | None = None,
+    stat: str = "last",
+    experiment: str | None = None,
+    status: str | None = None,
+    tag: str | None = None,
+    parent: str | None = None,
+    compute: str | None = None,
+    meta: list[str] | None = None,
+    filters: list[str] | None = None,
+    limit: int = 1000,
+) -> dict[str, Any]:
+    """The filtered runs grouped by a tag, a param, the experiment or the status: each group's
+    run count and the mean, min and max across its runs of each metric's `stat` (last by default)."""
+    if stat not in run_filters.STAT_SQL:
+        raise BadRequest(f"stat must be one of {', '.join(run_filters.STAT_SQL)}")
+    params: dict[str, Any] = {"limit": limit}
+    where = _runs_where(project, params, experiment, status, tag, parent, compute, meta, filters)
+    key = run_filters.group_key(group_by, params)
+    members = f"SELECT r.project AS project, r.run_id AS run_id, {key} AS key FROM {shown_runs()} AS r WHERE {' AND '.join(where)}"
+    rows = store.query_rows(
+        f"SELECT key, count() AS n FROM ({members}) GROUP BY key ORDER BY toFloat64OrNull(key) ASC NULLS LAST, key ASC LIMIT {{limit:UInt32}}",
+        params,
+    )
+    groups = [{"key": k, "count": int(n), "metrics": {}} for k, n in rows]
+    by_key = {g["key"]: g for g in groups}
+    if metrics and groups:
+        params["group_metrics"] = metrics
+        stats = store.query_rows(
+            f"SELECT g.key, s.metric, avg(s.v), min(s.v), max(s.v), count() FROM ({members}) AS g "
+            f"INNER JOIN (SELECT project, run_id, metric, {run_filters.STAT_SQL[stat]} AS v FROM metric_summaries "
+            "WHERE metric IN {group_metrics:Array(String)} GROUP BY project, run_id, metric) AS s "
+            "ON s.project = g.project AND s.run_id = g.run_id WHERE isFinite(s.v) GROUP BY g.key, s.metric",
+            params,
+        )
+        for k, metric, mean, lo, hi, n in stats:
+            if k in by_key:
+                by_key[k]["metrics"][metric] = {"mean": clean(mean), "min": clean(lo), "max": clean(hi), "count": int(n)}
+    total = sum(g["count"] for g in groups)
+    return {"group_by": group_by, "stat": stat, "total": total, "groups": groups}
+
+
+def _runs_where(
+    project: str | None,
+    params: dict[str, Any],
+    experiment: str | None,
+    status: str | None,
+    tag: str | None,
+    parent: str | None,
+    compute: str | None,
+    meta: list[str] | None,
+    conditions: list[str] | None,
+) -> list[str]:
+    """The runs list's WHERE over the shown runs aliased r: fixed fragments, every value a parameter."""
     where = [_scope(project, params, "r.project")]
     if experiment is not None:
         params["experiment"] = experiment
@@ -290,37 +404,9 @@ def list_runs(
             where.append(f"r.meta[{{meta_key{i}:String}}] = {{meta_value{i}:String}}")
         else:
             where.append(f"mapContains(r.meta, {{meta_key{i}:String}})")
-
-    desc = order_by.startswith("-")
-    key = order_by.lstrip("-+")
-    join = ""
-    if key.startswith("metric."):
-        metric, _, stat = key[len("metric.") :].partition(":")
-        stat = stat or "last"
-        if stat not in SUMMARY_STATS:
-            raise BadRequest(f"order_by statistic must be one of {', '.join(SUMMARY_STATS)}")
-        params["order_metric"] = metric
-        join = (
-            f" LEFT JOIN (SELECT project, run_id, {SUMMARY_SELECT} FROM metric_summaries "
-            "WHERE metric = {order_metric:String} GROUP BY project, run_id) AS o ON o.project = r.project AND o.run_id = r.run_id"
-        )
-        where.append("o.run_id != ''")
-        order = f"o.{stat} {'DESC' if desc else 'ASC'}, r.run_id"
-    elif key in ORDERABLE:
-        order = f"r.{key} {'DESC' if desc else 'ASC'}, r.run_id"
-    else:
-        raise BadRequest(f"order_by must be one of {', '.join(sorted(ORDERABLE))} or metric.<name>[:stat], optionally prefixed by '-'")
-
-    fields = ", ".join(f"r.{f.strip()} AS {f.strip()}" for f in RUN_FIELDS.split(","))
-    base = f"FROM {shown_runs()} AS r{join} WHERE {' AND '.join(where)}"
-    total = int(store.query_rows(f"SELECT count() {base}", params)[0][0])
-    rows = store.query_dicts(f"SELECT {fields} {base} ORDER BY {order} LIMIT {{limit:UInt32}} OFFSET {{offset:UInt32}}", params)
-    runs = [run_row_to_json(r) for r in rows]
-    if metrics and runs:
-        summaries = summaries_for(store, [(r["project"], r["id"]) for r in runs], metrics)
-        for r in runs:
-            r["metrics"] = summaries.get(r["id"], {})
-    return {"total": total, "limit": limit, "offset": offset, "runs": runs}
+    # The filter language (metric.mse < 3400, params.alpha >= 0.5, ...): api/run_filters.py.
+    where.extend(run_filters.to_sql(run_filters.parse_all(conditions), params))
+    return where
 
 
 def summaries_for(store: Store, runs: list[tuple[str, str]], metrics: list[str]) -> dict[str, dict[str, dict[str, Any]]]:

@@ -14,6 +14,7 @@ from runstream.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from runstream.storage.store import Store
 
 router = APIRouter(prefix="/api/v1", tags=["runs"])
+FILTER_HELP = "conditions joined by 'and': metric.mse < 3400, params.alpha >= 0.5, tags.model = ridge, status != Failed; repeatable"
 
 
 def _store(request: Request) -> Store:
@@ -40,13 +41,17 @@ async def runs(
     tag: str | None = Query(None, description="'key' or 'key=value'"),
     parent: str | None = Query(None, description="parent run id; 'none' for top-level runs"),
     order_by: str = Query(
-        "-created_at", description="created_at, last_seen, name, status, ... or metric.<name>[:last|min|max|mean|count]; '-' for descending"
+        "-created_at",
+        description="created_at, last_seen, name, status, duration, ..., metric.<name>[:last|min|max|mean|count], params.<key> or tags.<key>; "
+        "'-' for descending",
     ),
     limit: int = Query(100, ge=1, le=10_000),
     offset: int = Query(0, ge=0),
     metrics: str | None = Query(None, description="comma-separated metric names whose summaries to include"),
     compute: str | None = Query(None, description="compute target the runs report (RUNSTREAM_COMPUTE)"),
     meta: list[str] | None = Query(None, description="run metadata 'key' or 'key=value' (host, user, git_commit, git_branch, ...); repeatable"),
+    filter: list[str] | None = Query(None, description=FILTER_HELP),
+    children: bool = Query(False, description="include each run's number of child runs"),
 ) -> dict[str, Any]:
     result: dict[str, Any] = await _call(
         request,
@@ -62,6 +67,43 @@ async def runs(
         metrics=[m for m in (metrics or "").split(",") if m],
         compute=compute,
         meta=meta,
+        filters=filter,
+        with_children=children,
+    )
+    return result
+
+
+@router.get("/run-groups")
+async def run_groups(
+    request: Request,
+    group_by: str = Query(..., description="tags.<key>, params.<key>, experiment or status"),
+    metrics: str | None = Query(None, description="comma-separated metrics: per group the mean, min and max of each run's `stat`"),
+    stat: str = Query("last", description="last, first, min, max, mean or count"),
+    experiment: str | None = None,
+    status: str | None = Query(None, description="comma-separated statuses"),
+    tag: str | None = Query(None, description="'key' or 'key=value'"),
+    parent: str | None = Query(None, description="parent run id; 'none' for top-level runs"),
+    compute: str | None = None,
+    meta: list[str] | None = Query(None),
+    filter: list[str] | None = Query(None, description=FILTER_HELP),
+    limit: int = Query(1000, ge=1, le=10_000),
+) -> dict[str, Any]:
+    """The runs of /runs's filters grouped by a tag or param, with each group's count and metric statistics."""
+    result: dict[str, Any] = await _call(
+        request,
+        queries.list_run_groups,
+        request.state.project,
+        group_by,
+        metrics=[m for m in (metrics or "").split(",") if m],
+        stat=stat,
+        experiment=experiment,
+        status=status,
+        tag=tag,
+        parent=parent,
+        compute=compute,
+        meta=meta,
+        filters=filter,
+        limit=limit,
     )
     return result
 

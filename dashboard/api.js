@@ -1,6 +1,8 @@
 // REST and WebSocket client for the runstream api (same origin as the dashboard).
 
 const BASE = "/api/v1";
+// Query parameters the api takes repeated (?filter=a&filter=b) rather than comma-separated.
+const REPEATED = new Set(["filter", "meta"]);
 
 function apiKey() {
   try {
@@ -21,7 +23,9 @@ export class ApiError extends Error {
 export async function get(path, params, { signal } = {}) {
   const url = new URL(BASE + path, location.origin);
   for (const [k, v] of Object.entries(params || {})) {
-    if (v != null && v !== "") url.searchParams.set(k, Array.isArray(v) ? v.join(",") : String(v));
+    if (v == null || v === "") continue;
+    if (REPEATED.has(k) && Array.isArray(v)) for (const x of v) url.searchParams.append(k, String(x));
+    else url.searchParams.set(k, Array.isArray(v) ? v.join(",") : String(v));
   }
   const headers = { Accept: "application/json" };
   const key = apiKey();
@@ -53,6 +57,7 @@ export function fileUrl(runId, path) {
 export const api = {
   experiments: (o) => get("/experiments", null, o),
   runs: (params, o) => get("/runs", params, o),
+  runGroups: (params, o) => get("/run-groups", params, o),
   run: (id, o) => get(`/runs/${encodeURIComponent(id)}`, null, o),
   series: (id, name, params, o) => get(`/runs/${encodeURIComponent(id)}/metrics/${name.split("/").map(encodeURIComponent).join("/")}`, params, o),
   table: (id, name, o) => get(`/runs/${encodeURIComponent(id)}/tables/${name.split("/").map(encodeURIComponent).join("/")}`, null, o),

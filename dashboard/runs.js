@@ -1,12 +1,15 @@
-// Runs list: experiment picker, sortable paged table with live status and metric columns, selection for compare.
-import { api, live } from "./api.js";
+// Runs list: experiment picker, sortable paged table with live status, metric and param columns,
+// filters (filters.js), parents that expand to their children, grouping (groups.js), selection for compare.
+import { api, ApiError, live } from "./api.js";
+import { filterBar } from "./filters.js";
+import { groupChoices, groupTable } from "./groups.js";
 import {
   clear, put, duration, fmtNum, frameThrottle, h, isNum, message, relTime, setBadge, setText, statusBadge, STATUSES, tagChips, TERMINAL, throttle, timeEl,
 } from "./util.js";
 
 const selected = new Set(); // survives navigation within the session
 const STATS = ["last", "min", "max"];
-const PAGE_SIZES = [50, 100, 200];
+const PAGE_SIZES = [50, 100, 200, 500, 1000];
 
 function storedMetrics(exp) {
   try {
@@ -28,6 +31,10 @@ export function mount(ctx) {
     status: p.get("status") || "",
     metrics: (p.get("metrics") ?? "").split(",").filter(Boolean),
     metricsChosen: p.has("metrics"),
+    params: (p.get("params") ?? "").split(",").filter(Boolean),
+    filters: p.getAll("filter").filter(Boolean),
+    group: p.get("group") || "",
+    nest: p.get("nest") === "1",
     order: p.get("order") || "-created_at",
     offset: Math.max(0, Number(p.get("offset")) || 0),
     limit: PAGE_SIZES.includes(Number(p.get("limit"))) ? Number(p.get("limit")) : 100,
@@ -40,6 +47,10 @@ export function mount(ctx) {
   let disposed = false;
   let rows = new Map(); // id -> {run, tr, cells}
   const knownMetrics = new Set();
+  const knownParams = new Set();
+  const knownTags = new Set();
+  const expanded = new Set(); // parent runs shown with their children (nest mode)
+  let groups = null; // groupTable in group mode
   const known = new Set(); // run ids the page has seen (rows, snapshots); a new id means a new run
   const subs = new Map(); // experiment -> unsubscribe
   // Runs seen ending live: a listing read just before the end arrived must not revive them.
@@ -55,13 +66,26 @@ export function mount(ctx) {
   const metricChips = h("span.metric-chips");
   const metricInput = h("input", { type: "text", list: "metric-names", placeholder: "Add metric column…", size: 18, onkeydown: (e) => { if (e.key === "Enter") addMetric(); } });
   const datalist = h("datalist", { id: "metric-names" });
+  const paramChips = h("span.metric-chips.param-chips");
+  const paramInput = h("input", { type: "text", list: "param-names", placeholder: "Add param column…", size: 16, "aria-label": "add param column",
+    onkeydown: (e) => { if (e.key === "Enter") addParam(); } });
+  const paramList = h("datalist", { id: "param-names" });
+  const filters = filterBar({ filters: state.filters, onChange: (list) => { state.filters = list; state.offset = 0; reload(); } });
+  const groupSelect = h("select", { "aria-label": "group by", onchange: () => { state.group = groupSelect.value; state.offset = 0; reload(); } });
+  const nestBox = h("input", { type: "checkbox", "aria-label": "nest child runs", checked: state.nest,
+    onchange: () => { state.nest = nestBox.checked; state.offset = 0; reload(); } });
   const toolbar = h("div.toolbar",
     h("label.field", h("span", "Experiment"), expSelect),
     h("label.field", h("span", "Status"), statusSelect),
     h("div.field.metrics-field", h("span", "Metric columns"), h("div.metric-picker", metricChips, metricInput, datalist,
-      h("button.small", { type: "button", onclick: addMetric }, "Add"))));
+      h("button.small", { type: "button", onclick: addMetric }, "Add"))),
+    h("div.field.metrics-field", h("span", "Param columns"), h("div.metric-picker", paramChips, paramInput, paramList,
+      h("button.small", { type: "button", onclick: addParam }, "Add"))),
+    h("label.field", h("span", "Group by"), groupSelect),
+    h("label.field.check-field", h("span", "Children"), h("span.inline", nestBox, " under parents")));
+  const toolbar2 = h("div.toolbar", filters.el);
   const summary = h("span.muted");
-  const head = h("div.page-head", h("div.title-row", h("h1", "Runs"), summary), toolbar);
+  const head = h("div.page-head", h("div.title-row", h("h1", "Runs"), summary), toolbar, toolbar2);
   const notice = h("div");
   const thead = h("thead");
   const tbody = h("tbody");
@@ -69,7 +93,9 @@ export function mount(ctx) {
   table.append(thead, tbody);
   const pager = h("div.pager");
   const selBar = h("div.selbar");
-  const root = h("div.runs-page", head, notice, h("div.card.table-card", h("div.scroll", table)), pager, selBar);
+  const tableCard = h("div.card.table-card", h("div.scroll", table));
+  const groupCard = h("div.card.table-card.group-card", { hidden: true });
+  const root = h("div.runs-page", head, notice, tableCard, groupCard, pager, selBar);
   ctx.view.append(root);
 
   function syncUrl() {
@@ -77,6 +103,10 @@ export function mount(ctx) {
     if (state.experiment) q.set("experiment", state.experiment);
     if (state.status) q.set("status", state.status);
     if (state.metricsChosen) q.set("metrics", state.metrics.join(","));
+    if (state.params.length) q.set("params", state.params.join(","));
+    for (const f of state.filters) q.append("filter", f);
+    if (state.group) q.set("group", state.group);
+    if (state.nest) q.set("nest", "1");
     if (state.order !== "-created_at") q.set("order", state.order);
     if (state.offset) q.set("offset", String(state.offset));
     if (state.limit !== 100) q.set("limit", String(state.limit));
@@ -104,6 +134,38 @@ export function mount(ctx) {
     if (state.order.replace(/^-/, "").startsWith(`metric.${m}:`)) state.order = "-created_at";
     setMetrics(state.metrics.filter((x) => x !== m));
   }
+  // --- param columns ---
+  function renderParamChips() {
+    put(paramChips, ...state.params.map((k) => h("span.chip.removable", k,
+      h("button", { type: "button", title: `remove ${k}`, "aria-label": `remove param ${k}`, onclick: () => setParams(state.params.filter((x) => x !== k)) }, "×"))));
+  }
+  function setParams(list) {
+    if (!list.some((k) => state.order.replace(/^-/, "") === `params.${k}`) && state.order.replace(/^-/, "").startsWith("params.")) state.order = "-created_at";
+    state.params = list;
+    renderParamChips();
+    reload();
+  }
+  function addParam() {
+    const k = paramInput.value.trim();
+    paramInput.value = "";
+    if (k && !state.params.includes(k)) setParams([...state.params, k]);
+  }
+  function learnKeys(list) {
+    let added = false;
+    for (const r of list) {
+      for (const k of Object.keys(r.params || {})) if (!knownParams.has(k)) { knownParams.add(k); added = true; }
+      for (const k of Object.keys(r.tags || {})) if (!knownTags.has(k)) { knownTags.add(k); added = true; }
+    }
+    if (added || !groupSelect.options.length) renderGroupChoices();
+    if (added) put(paramList, ...[...knownParams].sort().map((n) => h("option", { value: n })));
+  }
+  function renderGroupChoices() {
+    const choices = groupChoices(knownTags, knownParams);
+    if (state.group && !choices.some(([v]) => v === state.group)) choices.unshift([state.group, state.group]);
+    put(groupSelect, h("option", { value: "" }, "no grouping"), choices.map(([v, label]) => h("option", { value: v }, label)));
+    groupSelect.value = state.group;
+  }
+
   function learnMetrics(names) {
     let added = false;
     for (const n of names) if (!knownMetrics.has(n)) { knownMetrics.add(n); added = true; }
@@ -138,6 +200,9 @@ export function mount(ctx) {
     }, label, h("span.arrow", dir === "asc" ? "▲" : dir === "desc" ? "▼" : ""));
   }
   function renderHead() {
+    renderHeadInto(thead);
+  }
+  function renderHeadInto(target) {
     const allOnPage = [...rows.keys()];
     const all = h("input", { type: "checkbox", title: "select the runs on this page", "aria-label": "select page" });
     all.checked = allOnPage.length > 0 && allOnPage.every((id) => selected.has(id));
@@ -152,18 +217,49 @@ export function mount(ctx) {
     });
     const top = h("tr", h("th.check", { rowspan: 2 }, all), sortable("Status", "status", "", null), sortable("Name", "name"),
       state.experiment ? null : sortable("Experiment", "experiment"),
-      sortable("Started", "created_at"), h("th", "Duration"), sortable("Last seen", "last_seen"), h("th", "Tags"),
+      sortable("Started", "created_at"), sortable("Duration", "duration"), sortable("Last seen", "last_seen"), h("th", "Tags"),
+      state.params.map((k) => sortable(k, `params.${k}`, "param", `sort by param ${k}`)),
       state.metrics.map((m) => h("th.metric-group", { colspan: 3, title: m }, m)));
     for (const th of [...top.children].slice(1)) if (!th.classList.contains("metric-group")) th.rowSpan = 2;
     const sub = h("tr.sub", state.metrics.flatMap((m) => STATS.map((s) => sortable(s, `metric.${m}:${s}`, "num", `sort by ${s} of ${m}`))));
-    put(thead, top, sub);
+    put(target, top, sub);
+  }
+  function colCount() {
+    return 9 + state.params.length + state.metrics.length * 3 - (state.experiment ? 1 : 0);
+  }
+
+  // --- children under their parents (nest mode) ---
+  async function toggleChildren(r, btn) {
+    const id = r.run.id;
+    const open = btn.getAttribute("aria-expanded") === "true";
+    for (const c of [...rows.values()]) if (c.parentRow === id) { c.tr.remove(); rows.delete(c.run.id); }
+    btn.setAttribute("aria-expanded", open ? "false" : "true");
+    btn.textContent = open ? "▸" : "▾";
+    if (open) { expanded.delete(id); return; }
+    expanded.add(id);
+    let res;
+    try {
+      res = await api.runs({ parent: id, metrics: state.metrics.join(","), order_by: "created_at", limit: 1000, children: 1 });
+    } catch (e) {
+      put(notice, message("error", `Could not load the child runs: ${e.message}`));
+      return;
+    }
+    if (disposed || !expanded.has(id) || !r.tr.isConnected) return;
+    let after = r.tr;
+    for (const run of res.runs) {
+      const c = buildRow(run, 1);
+      c.parentRow = id;
+      rows.set(run.id, c);
+      after.after(c.tr);
+      after = c.tr;
+    }
   }
 
   // --- rows ---
   function metricCells(run) {
     return state.metrics.map((m) => STATS.map((s) => h("td.num", fmtNum(run.metrics?.[m]?.[s] ?? null))));
   }
-  function buildRow(run) {
+  function buildRow(run, depth = 0) {
     const check = h("input", { type: "checkbox", "aria-label": `select ${run.name}` });
     check.checked = selected.has(run.id);
     check.addEventListener("change", () => {
@@ -177,12 +273,20 @@ export function mount(ctx) {
     const dur = h("td.time", duration(run.created_at, run.ended_at));
     const mcells = metricCells(run);
     const href = `#/runs/${encodeURIComponent(run.id)}`;
-    const tr = h(`tr${selected.has(run.id) ? ".selected" : ""}`, { dataset: { run: run.id } },
+    const kids = state.nest && run.children > 0
+      ? h("button.expand.small", { type: "button", "aria-expanded": "false", "aria-label": `child runs of ${run.name || run.id}`, title: `${run.children} child run${run.children === 1 ? "" : "s"}` }, "▸")
+      : null;
+    const tr = h(`tr${selected.has(run.id) ? ".selected" : ""}${depth ? ".child-row" : ""}`, { dataset: { run: run.id } },
       h("td.check", check), h("td", badge),
-      h("td.name", h("a", { href, title: run.id }, run.name || run.id), run.parent ? h("span.muted.child", " child") : null),
+      h("td.name", { style: depth ? { paddingLeft: `${10 + depth * 22}px` } : null }, kids, kids ? " " : null,
+        h("a", { href, title: run.id }, run.name || run.id), run.parent ? h("span.muted.child", " child") : null,
+        kids ? h("span.muted.kids", ` (${run.children})`) : null),
       state.experiment ? null : h("td", h("a.muted-link", { href: `#/?experiment=${encodeURIComponent(run.experiment)}` }, run.experiment)),
-      h("td.time", timeEl(run.created_at)), dur, lastSeen, h("td.tags", tagChips(run.tags, 3)), mcells.flat());
-    return { run, tr, check, badge, lastSeen, dur, mcells, dirty: false };
+      h("td.time", timeEl(run.created_at)), dur, lastSeen, h("td.tags", tagChips(run.tags, 3)),
+      state.params.map((k) => h("td.param", { dataset: { param: k } }, run.params?.[k] ?? "")), mcells.flat());
+    const r = { run, tr, check, badge, lastSeen, dur, mcells, dirty: false };
+    if (kids) kids.addEventListener("click", () => toggleChildren(r, kids));
+    return r;
   }
   function renderRows(list) {
     rows = new Map();
@@ -194,9 +298,32 @@ export function mount(ctx) {
     }
     put(tbody, frag);
     if (!list.length) {
-      tbody.append(h("tr", h("td.empty-row", { colSpan: 9 + state.metrics.length * 3 },
-        state.total ? "No runs on this page." : "No runs yet. Start one with Experiment(\"name\").start_logging().")));
+      tbody.append(h("tr", h("td.empty-row", { colSpan: colCount() },
+        state.filters.length ? "No runs match the filters." : state.total ? "No runs on this page." : "No runs yet. Start one with Experiment(\"name\").start_logging().")));
     }
+    for (const r of [...rows.values()]) {
+      if (!expanded.has(r.run.id)) continue;
+      const btn = r.tr.querySelector("button.expand");
+      if (btn) { expanded.delete(r.run.id); toggleChildren(r, btn); }
+    }
+  }
+
+  /** A nested table of one group's runs (groups.js), rows live like the list's own. */
+  function groupRunsTable(filterList) {
+    const body = h("tbody", h("tr", h("td.muted", { colSpan: colCount() }, "Loading…")));
+    const nestedHead = thead.cloneNode(false);
+    const t = h("table.runs.nested", nestedHead, body);
+    renderHeadInto(nestedHead);
+    const ready = api.runs({ ...baseQuery(), filter: filterList, limit: 500, offset: 0 }).then((res) => {
+      if (disposed) return;
+      for (const run of res.runs) known.add(run.id);
+      learnKeys(res.runs);
+      const built = res.runs.map((run) => buildRow(run));
+      for (const r of built) rows.set(r.run.id, r);
+      put(body, ...built.map((r) => r.tr));
+      if (res.total > res.runs.length) body.append(h("tr", h("td.muted", { colSpan: colCount() }, `${res.runs.length} of ${res.total} runs shown`)));
+    }).catch((e) => put(body, h("tr", h("td.msg.error", { colSpan: colCount() }, `Could not load the runs: ${e.message}`))));
+    return { el: t, ready };
   }
   // live rows re-render at most 4 times a second, in an animation frame, touching only changed text
   const flush = frameThrottle(() => {
@@ -249,27 +376,76 @@ export function mount(ctx) {
   }
 
   // --- data ---
+  /** The list's filters as /runs parameters (the api parses and binds them, api/run_filters.py). */
+  function baseQuery() {
+    return {
+      experiment: state.experiment || null, status: state.status || null, order_by: state.order,
+      metrics: state.metrics.join(","), filter: state.filters,
+    };
+  }
+  /** A refused filter (HTTP 400 naming it) goes back to the input with the api's message. */
+  function refusedFilter(e) {
+    if (!(e instanceof ApiError) || e.status !== 400 || !state.filters.length || !/filter/.test(e.message)) return false;
+    const bad = state.filters[state.filters.length - 1];
+    state.filters = filters.reject(bad, e.message.replace(/^400: /, ""));
+    reload();
+    return true;
+  }
+  async function reloadGroups(ctrl) {
+    tableCard.hidden = true;
+    pager.hidden = true;
+    groupCard.hidden = false;
+    rows = new Map();
+    if (!groups || groups.groupBy !== state.group || groups.key !== groupKey()) {
+      groups = groupTable({ query: baseQuery(), groupBy: state.group, metrics: state.metrics, runTable: groupRunsTable, onError: (e) => {
+        if (!refusedFilter(e)) put(notice, message("error", `Could not group the runs: ${e.message}`));
+      } });
+      groups.groupBy = state.group;
+      groups.key = groupKey();
+      put(groupCard, h("div.scroll", groups.el));
+    }
+    const res = await groups.load(ctrl.signal);
+    if (disposed || abort !== ctrl) return;
+    root.classList.remove("loading");
+    if (!res) return;
+    clear(notice);
+    filters.clearError();
+    state.total = res.total;
+    summary.textContent = `${res.total.toLocaleString()} run${res.total === 1 ? "" : "s"} in ${res.groups.length} group${res.groups.length === 1 ? "" : "s"}`;
+    renderSelBar();
+  }
+  function groupKey() {
+    return JSON.stringify([baseQuery(), state.params]);
+  }
   async function reload() {
     syncUrl();
     abort?.abort();
     const ctrl = new AbortController();
     abort = ctrl;
     root.classList.add("loading");
+    if (state.group) { await reloadGroups(ctrl); return; }
+    groups = null;
+    tableCard.hidden = false;
+    pager.hidden = false;
+    groupCard.hidden = true;
     let res;
     try {
       res = await api.runs({
-        experiment: state.experiment || null, status: state.status || null, order_by: state.order,
-        limit: state.limit, offset: state.offset, metrics: state.metrics.join(","),
+        ...baseQuery(), limit: state.limit, offset: state.offset,
+        parent: state.nest ? "none" : null, children: state.nest ? 1 : null,
       }, { signal: ctrl.signal });
     } catch (e) {
       if (e.name === "AbortError" || disposed) return;
       root.classList.remove("loading");
+      if (refusedFilter(e)) return;
       put(notice, message("error", `Could not load runs: ${e.message}`));
       return;
     }
     if (disposed || abort !== ctrl) return;
     root.classList.remove("loading");
     clear(notice);
+    filters.clearError();
+    learnKeys(res.runs);
     state.total = res.total;
     if (state.offset >= res.total && res.total > 0) {
       state.offset = Math.floor((res.total - 1) / state.limit) * state.limit;
@@ -290,6 +466,9 @@ export function mount(ctx) {
 
   // --- live ---
   function applyUpdate(msg) {
+    // Groups' counts and statistics, and a filtered list's membership, follow the data: re-read.
+    if (state.group && (msg.status || msg.metrics || !known.has(msg.run))) reloadSoon();
+    else if (state.filters.length && (msg.status || (msg.metrics && state.filters.some((f) => /metric/.test(f))))) reloadSoon();
     const r = rows.get(msg.run);
     if (!r) {
       if (!known.has(msg.run)) {
@@ -384,6 +563,8 @@ export function mount(ctx) {
   }
 
   renderMetricChips();
+  renderParamChips();
+  renderGroupChoices();
   renderHead();
   loadExperiments();
   reload();

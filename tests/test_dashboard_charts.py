@@ -157,6 +157,7 @@ def test_chart_controls(stack: Stack, settings: Settings, chromium: Any, test_ou
         page.screenshot(path=str(test_output / "dashboard-charts.png"), full_page=True)
         assert console.errors == [], console.errors
     except Exception:
+        print("console errors:", console.errors)
         page.screenshot(path=str(test_output / "dashboard-charts-failure.png"), full_page=True)
         raise
     finally:
