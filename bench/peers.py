@@ -13,6 +13,11 @@ step logged with the tool's "several metrics at one step" call, plus a single-me
              log_metric per point, log_batch of one step (= log_metrics), log_batch of 1,000 points
              (client-side buffering) and async log_batch (synchronous=False); queryable = get_metric_history
              returns every point.
+  mlflow-runstream  the same MLflow client workload, call for call, against runstream's MLflow-compatible
+             API (api/mlflow, docs/mlflow.md): `runstream up` (processor + api, embedded ClickHouse) in its own
+             process on a LocalBroker; queryable = get_metric_history returns every point (it waits for the
+             processor: read-after-write). Also times get_run right after a write (the read-after-write wait)
+             against get_run with nothing pending.
   aim        aim.Run(repo=<temp folder>), run.track({...}, step=s), run.close(); queryable = the runs
              indexed (what `aim up` does in the background) and every point read back through aim.Repo.
   wandb      WANDB_MODE=offline, wandb.init(), run.log({...}, step=s), run.finish(); queryable = finish()
@@ -47,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TOOLS = ("runstream", "mlflow", "aim", "wandb")
+TOOLS = ("runstream", "mlflow", "mlflow-runstream", "aim", "wandb")
 PEERS_VENV = ROOT / "bench" / ".venv-peers"
 # No telemetry, no cloud: every peer stays on this machine.
 QUIET_ENV = {
@@ -407,139 +412,237 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def bench_mlflow(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, str]]:
-    import mlflow
-    from mlflow import MlflowClient
-    from mlflow.entities import Metric
-
     versions = {"mlflow": pkg_version("mlflow")}
     t = time.perf_counter()
     proc, url, _ = start_mlflow_server(work)
     print(f"  mlflow: server at {url} ready in {time.perf_counter() - t:.1f}s", file=sys.stderr)
-    rows: list[Row] = []
     try:
-        mlflow.set_tracking_uri(url)
-        client = MlflowClient(tracking_uri=url)
-        names = [f"metric_{j}" for j in range(args.metrics)]
-        full = args.runs * args.steps * args.metrics
-        per_run = args.steps * args.metrics
-
-        def history_points(run_ids: list[str]) -> int:
-            return sum(len(client.get_metric_history(rid, name)) for rid in run_ids for name in names)
-
-        def verify(row: Row, run_ids: list[str], t0: float, t_loop: float, points: int) -> None:
-            # Sync calls have committed on return; async ones are flushed first. Read the last run back.
-            got = history_points(run_ids[-1:])
-            want = points - per_run * (len(run_ids) - 1)
-            if got != want:
-                raise RuntimeError(f"get_metric_history of the last run returned {got} points, expected {want}")
-            t_done = time.perf_counter()
-            finish_row(row, points, len(run_ids), t0, t_loop, t_done, full)
-            row["verified"] = f"get_metric_history(last run) = {got:,}"
-
-        # 1) log_metric: one HTTP request per point, on a time budget
-        row = new_row("mlflow", "log_metric (sync, 1 point/request)", args)
-        exp_id = client.create_experiment(f"per-call-{uuid.uuid4().hex[:6]}")
-        run_ids: list[str] = []
-        points = 0
-        t0 = time.perf_counter()
-        deadline = t0 + args.budget / 2
-        done = False
-        for r in range(args.runs):
-            rid = client.create_run(exp_id, run_name=f"peers-{r}").info.run_id
-            run_ids.append(rid)
-            for step in range(args.steps):
-                values = step_values(step, names)
-                ts = int(time.time() * 1000)
-                for name, value in values.items():
-                    client.log_metric(rid, name, value, timestamp=ts, step=step)
-                points += args.metrics
-                if time.perf_counter() > deadline:
-                    done = True
-                    break
-            if done:
-                break
-            client.set_terminated(rid)
-        t_loop = time.perf_counter()
-        runs_whole = points // per_run
-        verify(row, run_ids, t0, t_loop, points)
-        row["runs_done"] = runs_whole
-        row["subset"] = f"subset: {points:,} of {full:,} points ({points // args.metrics:,} steps) in a {args.budget / 2:.0f}s budget"
-        row["note"] = f"mean log_metric round trip in this loop: {(t_loop - t0) / points * 1e6:,.0f} µs"
-        rows.append(row)
-        print(f"  mlflow: log_metric {points:,} points at {row['pps']:,.0f}/s", file=sys.stderr)
-
-        # 2) log_batch of one step (what mlflow.log_metrics does), whole runs on a time budget
-        def batch_workload(mode: str, batch_points: int, synchronous: bool, max_runs: int) -> Row:
-            row = new_row("mlflow", mode, args)
-            exp_id = client.create_experiment(f"{mode.split()[0]}-{batch_points}-{uuid.uuid4().hex[:6]}")
-            run_ids: list[str] = []
-            points = 0
-            t0 = time.perf_counter()
-            # Async calls return before the server has the points: stop producing earlier so the flush fits.
-            deadline = t0 + (args.budget if synchronous else args.budget / 2)
-            for r in range(max_runs):
-                rid = client.create_run(exp_id, run_name=f"peers-{r}").info.run_id
-                run_ids.append(rid)
-                pending: list[Metric] = []
-                for step in range(args.steps):
-                    ts = int(time.time() * 1000)
-                    pending.extend(Metric(name, value, ts, step) for name, value in step_values(step, names).items())
-                    if len(pending) >= batch_points or step == args.steps - 1:
-                        client.log_batch(rid, metrics=pending, synchronous=synchronous)
-                        pending = []
-                points += per_run
-                if synchronous:
-                    client.set_terminated(rid)
-                if time.perf_counter() > deadline:
-                    break
-            t_loop = time.perf_counter()
-            if not synchronous:
-                mlflow.flush_async_logging()
-            verify(row, run_ids, t0, t_loop, points)
-            return row
-
-        row = batch_workload("log_batch (sync, 1 step = 10 points/request)", args.metrics, True, args.runs)
-        rows.append(row)
-        print(f"  mlflow: log_batch/step {row['points']:,} points at {row['pps']:,.0f}/s", file=sys.stderr)
-        row1k = batch_workload("log_batch (sync, 1,000 points/request, user-side buffering)", 1000, True, args.runs)
-        rows.append(row1k)
-        print(f"  mlflow: log_batch/1000 {row1k['points']:,} points at {row1k['pps']:,.0f}/s", file=sys.stderr)
-        # Async calls return at once and queue; the queue drains at ~1/6 of the 1,000-point rate above (measured:
-        # 642 vs 3,702 points/s), so bound it to what drains in about half a budget, else the flush runs for minutes.
-        async_runs = max(1, min(args.runs, int((row1k["pps"] or 0) / 6 * args.budget / 2 / per_run)))
-        row_async = batch_workload("log_batch (async, synchronous=False, 10 points/call)", args.metrics, False, async_runs)
-        rows.append(row_async)
-        print(f"  mlflow: async log_batch {row_async['points']:,} points at {row_async['pps']:,.0f}/s", file=sys.stderr)
-
-        # 3) call cost: µs per call in the training thread
-        ten = {f"m{j}": 0.1 * j for j in range(10)}
-        exp_id = client.create_experiment(f"call-cost-{uuid.uuid4().hex[:6]}")
-        # sync: log_metric -> the per-call row, log_batch of 10 -> the one-step row; async: both -> the async row
-        for single_row, multi_row, synchronous in ((rows[0], row, True), (row_async, row_async, False)):
-            rid = client.create_run(exp_id).info.run_id
-
-            def single(lo: int, hi: int, rid: str = rid, synchronous: bool = synchronous) -> None:
-                for i in range(lo, hi):
-                    client.log_metric(rid, "loss", i * 0.001, step=i, synchronous=synchronous)
-
-            def multi(lo: int, hi: int, rid: str = rid, synchronous: bool = synchronous) -> None:
-                for i in range(lo, hi):
-                    ts = int(time.time() * 1000)
-                    client.log_batch(rid, metrics=[Metric(k, v, ts, i) for k, v in ten.items()], synchronous=synchronous)
-
-            chunk = 20 if synchronous else 200
-            # async: a tenth of the calls, so that the queue they leave drains in seconds
-            calls = args.calls if synchronous else args.calls // 10
-            single_row["log_calls"], ns = timed_chunks(single, calls, args.cost_budget, chunk=chunk)
-            single_row["us_log"] = ns / 1e3
-            multi_row["log10_calls"], ns = timed_chunks(multi, calls // 10, args.cost_budget, chunk=chunk)
-            multi_row["us_log10"] = ns / 1e3
-            if not synchronous:
-                mlflow.flush_async_logging()
-        row1k["note"] = "per-call cost: one 1,000-point request, see points/s"
+        rows = mlflow_workload(args, url, "mlflow")
     finally:
         stop_group(proc)
     return rows, versions
+
+
+def start_runstream_up(work: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
+    """`runstream up` (processor + api in one process, embedded ClickHouse) on a LocalBroker, both on free loopback ports."""
+    import urllib.request
+
+    sys.path.insert(0, str(ROOT))
+    from runstream.kafka_broker import LocalBroker
+
+    home = work / "mlflow-runstream"
+    home.mkdir(parents=True, exist_ok=True)
+    kafka = f"127.0.0.1:{free_port()}"
+    broker = LocalBroker(home, kafka)
+    broker.start()
+    port = free_port()
+    env = {
+        **os.environ,
+        "RUNSTREAM_HOME": str(home),
+        "RUNSTREAM_KAFKA": kafka,
+        "RUNSTREAM_CLICKHOUSE": f"chdb://{home / 'clickhouse'}",
+        "RUNSTREAM_TOPIC_PREFIX": f"peers{uuid.uuid4().hex[:8]}",
+        "RUNSTREAM_PARTITIONS": "4",
+        "RUNSTREAM_PROJECT": "peers",
+        "RUNSTREAM_API": f"http://127.0.0.1:{port}",
+    }
+    log_path = home / "up.log"
+    with open(log_path, "ab") as out:
+        cmd = [sys.executable, "-m", "runstream.cli", "up", "--host", "127.0.0.1", "--port", str(port)]
+        proc = subprocess.Popen(cmd, cwd=home, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            broker.stop()
+            raise RuntimeError(f"runstream up exited with {proc.returncode}: {log_path.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=2) as resp:
+                if resp.status == 200:
+                    return proc, url, broker
+        except OSError:
+            pass
+        time.sleep(0.3)
+    stop_group(proc)
+    broker.stop()
+    raise RuntimeError(f"runstream up did not answer within 180s: {log_path.read_text(errors='replace')[-2000:]}")
+
+
+def bench_mlflow_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, str]]:
+    import json as jsonlib
+    import urllib.request
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    versions = {"mlflow (client)": pkg_version("mlflow")}
+    t = time.perf_counter()
+    proc, url, broker = start_runstream_up(work)
+    print(f"  mlflow-runstream: runstream up at {url} ready in {time.perf_counter() - t:.1f}s", file=sys.stderr)
+    try:
+        rows = mlflow_workload(args, url, "mlflow-runstream")
+        # The read-after-write wait: get_run right after a log_batch of one step, against get_run with nothing pending.
+        client = MlflowClient(tracking_uri=url)
+        rid = client.create_run(client.create_experiment(f"raw-{uuid.uuid4().hex[:6]}")).info.run_id
+        after_write, idle = [], []
+        for i in range(args.raw_samples):
+            ts = int(time.time() * 1000)
+            client.log_batch(rid, metrics=[Metric(f"m{j}", 0.1 * j, ts, i) for j in range(args.metrics)])
+            t0 = time.perf_counter()
+            client.get_run(rid)
+            t1 = time.perf_counter()
+            client.get_run(rid)
+            t2 = time.perf_counter()
+            after_write.append(t1 - t0)
+            idle.append(t2 - t1)
+        after_write.sort()
+        idle.sort()
+        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/runstream/consistency", timeout=10) as resp:
+            stats = jsonlib.loads(resp.read())
+        med = len(idle) // 2
+        note = (
+            f"read-after-write: get_run right after a {args.metrics}-point log_batch {after_write[med] * 1e3:.1f} ms median"
+            f" (p90 {after_write[int(len(after_write) * 0.9)] * 1e3:.1f} ms) vs {idle[med] * 1e3:.1f} ms with nothing pending,"
+            f" over {len(idle)} samples; server-side over the whole run: {stats['waited']} of {stats['reads']} reads waited,"
+            f" mean {stats['wait_ms_mean']:.1f} ms, max {stats['wait_ms_max']:.1f} ms, {stats['timeouts']} timeouts"
+        )
+        for row in rows:
+            if row["mode"].startswith("log_batch (sync, 1 step"):
+                row["note"] = (row["note"] + "; " if row["note"] else "") + note
+    finally:
+        stop_group(proc)
+        broker.stop()
+    return rows, versions
+
+
+def mlflow_workload(args: argparse.Namespace, url: str, tool: str) -> list[Row]:
+    """The MLflow client workload against a tracking server at url (MLflow's own, or runstream's MLflow API)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    rows: list[Row] = []
+    mlflow.set_tracking_uri(url)
+    client = MlflowClient(tracking_uri=url)
+    names = [f"metric_{j}" for j in range(args.metrics)]
+    full = args.runs * args.steps * args.metrics
+    per_run = args.steps * args.metrics
+
+    def history_points(run_ids: list[str]) -> int:
+        return sum(len(client.get_metric_history(rid, name)) for rid in run_ids for name in names)
+
+    def verify(row: Row, run_ids: list[str], t0: float, t_loop: float, points: int) -> None:
+        # Sync calls have committed on return; async ones are flushed first. Read the last run back.
+        got = history_points(run_ids[-1:])
+        want = points - per_run * (len(run_ids) - 1)
+        if got != want:
+            raise RuntimeError(f"get_metric_history of the last run returned {got} points, expected {want}")
+        t_done = time.perf_counter()
+        finish_row(row, points, len(run_ids), t0, t_loop, t_done, full)
+        row["verified"] = f"get_metric_history(last run) = {got:,}"
+
+    # 1) log_metric: one HTTP request per point, on a time budget
+    row = new_row(tool, "log_metric (sync, 1 point/request)", args)
+    exp_id = client.create_experiment(f"per-call-{uuid.uuid4().hex[:6]}")
+    run_ids: list[str] = []
+    points = 0
+    t0 = time.perf_counter()
+    deadline = t0 + args.budget / 2
+    done = False
+    for r in range(args.runs):
+        rid = client.create_run(exp_id, run_name=f"peers-{r}").info.run_id
+        run_ids.append(rid)
+        for step in range(args.steps):
+            values = step_values(step, names)
+            ts = int(time.time() * 1000)
+            for name, value in values.items():
+                client.log_metric(rid, name, value, timestamp=ts, step=step)
+            points += args.metrics
+            if time.perf_counter() > deadline:
+                done = True
+                break
+        if done:
+            break
+        client.set_terminated(rid)
+    t_loop = time.perf_counter()
+    runs_whole = points // per_run
+    verify(row, run_ids, t0, t_loop, points)
+    row["runs_done"] = runs_whole
+    row["subset"] = f"subset: {points:,} of {full:,} points ({points // args.metrics:,} steps) in a {args.budget / 2:.0f}s budget"
+    row["note"] = f"mean log_metric round trip in this loop: {(t_loop - t0) / points * 1e6:,.0f} µs"
+    rows.append(row)
+    print(f"  {tool}: log_metric {points:,} points at {row['pps']:,.0f}/s", file=sys.stderr)
+
+    # 2) log_batch of one step (what mlflow.log_metrics does), whole runs on a time budget
+    def batch_workload(mode: str, batch_points: int, synchronous: bool, max_runs: int) -> Row:
+        row = new_row(tool, mode, args)
+        exp_id = client.create_experiment(f"{mode.split()[0]}-{batch_points}-{uuid.uuid4().hex[:6]}")
+        run_ids: list[str] = []
+        points = 0
+        t0 = time.perf_counter()
+        # Async calls return before the server has the points: stop producing earlier so the flush fits.
+        deadline = t0 + (args.budget if synchronous else args.budget / 2)
+        for r in range(max_runs):
+            rid = client.create_run(exp_id, run_name=f"peers-{r}").info.run_id
+            run_ids.append(rid)
+            pending: list[Metric] = []
+            for step in range(args.steps):
+                ts = int(time.time() * 1000)
+                pending.extend(Metric(name, value, ts, step) for name, value in step_values(step, names).items())
+                if len(pending) >= batch_points or step == args.steps - 1:
+                    client.log_batch(rid, metrics=pending, synchronous=synchronous)
+                    pending = []
+            points += per_run
+            if synchronous:
+                client.set_terminated(rid)
+            if time.perf_counter() > deadline:
+                break
+        t_loop = time.perf_counter()
+        if not synchronous:
+            mlflow.flush_async_logging()
+        verify(row, run_ids, t0, t_loop, points)
+        return row
+
+    row = batch_workload("log_batch (sync, 1 step = 10 points/request)", args.metrics, True, args.runs)
+    rows.append(row)
+    print(f"  {tool}: log_batch/step {row['points']:,} points at {row['pps']:,.0f}/s", file=sys.stderr)
+    row1k = batch_workload("log_batch (sync, 1,000 points/request, user-side buffering)", 1000, True, args.runs)
+    rows.append(row1k)
+    print(f"  {tool}: log_batch/1000 {row1k['points']:,} points at {row1k['pps']:,.0f}/s", file=sys.stderr)
+    # Async calls return at once and queue; the queue drains at ~1/6 of the 1,000-point rate above (measured:
+    # 642 vs 3,702 points/s), so bound it to what drains in about half a budget, else the flush runs for minutes.
+    async_runs = max(1, min(args.runs, int((row1k["pps"] or 0) / 6 * args.budget / 2 / per_run)))
+    row_async = batch_workload("log_batch (async, synchronous=False, 10 points/call)", args.metrics, False, async_runs)
+    rows.append(row_async)
+    print(f"  {tool}: async log_batch {row_async['points']:,} points at {row_async['pps']:,.0f}/s", file=sys.stderr)
+
+    # 3) call cost: µs per call in the training thread
+    ten = {f"m{j}": 0.1 * j for j in range(10)}
+    exp_id = client.create_experiment(f"call-cost-{uuid.uuid4().hex[:6]}")
+    # sync: log_metric -> the per-call row, log_batch of 10 -> the one-step row; async: both -> the async row
+    for single_row, multi_row, synchronous in ((rows[0], row, True), (row_async, row_async, False)):
+        rid = client.create_run(exp_id).info.run_id
+
+        def single(lo: int, hi: int, rid: str = rid, synchronous: bool = synchronous) -> None:
+            for i in range(lo, hi):
+                client.log_metric(rid, "loss", i * 0.001, step=i, synchronous=synchronous)
+
+        def multi(lo: int, hi: int, rid: str = rid, synchronous: bool = synchronous) -> None:
+            for i in range(lo, hi):
+                ts = int(time.time() * 1000)
+                client.log_batch(rid, metrics=[Metric(k, v, ts, i) for k, v in ten.items()], synchronous=synchronous)
+
+        chunk = 20 if synchronous else 200
+        # async: a tenth of the calls, so that the queue they leave drains in seconds
+        calls = args.calls if synchronous else args.calls // 10
+        single_row["log_calls"], ns = timed_chunks(single, calls, args.cost_budget, chunk=chunk)
+        single_row["us_log"] = ns / 1e3
+        multi_row["log10_calls"], ns = timed_chunks(multi, calls // 10, args.cost_budget, chunk=chunk)
+        multi_row["us_log10"] = ns / 1e3
+        if not synchronous:
+            mlflow.flush_async_logging()
+    row1k["note"] = "per-call cost: one 1,000-point request, see points/s"
+    return rows
 
 
 # --- Aim ---
@@ -673,6 +776,7 @@ def bench_wandb(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[s
 BENCHES: dict[str, Callable[[argparse.Namespace, Path], tuple[list[Row], dict[str, str]]]] = {
     "runstream": bench_runstream,
     "mlflow": bench_mlflow,
+    "mlflow-runstream": bench_mlflow_runstream,
     "aim": bench_aim,
     "wandb": bench_wandb,
 }
@@ -724,7 +828,7 @@ def peers_venv_python(tool: str, env: dict[str, str]) -> tuple[Path | None, str]
 
 def run_tool(tool: str, args: argparse.Namespace, work: Path, env: dict[str, str]) -> dict[str, Any]:
     python = Path(sys.executable)
-    module = "ingest" if tool == "runstream" else tool
+    module = "ingest" if tool == "runstream" else tool.split("-")[0]
     ok, err = importable(python, module, env)
     if not ok and tool != "runstream":
         print(f"  {tool}: does not import in {python} ({err}); trying {PEERS_VENV}", file=sys.stderr)
@@ -739,7 +843,7 @@ def run_tool(tool: str, args: argparse.Namespace, work: Path, env: dict[str, str
     tool_dir.mkdir(parents=True, exist_ok=True)
     cmd = [str(python), str(Path(__file__).resolve()), "--worker", tool, "--out", str(out), "--workdir", str(work)]
     cmd += ["--runs", str(args.runs), "--steps", str(args.steps), "--metrics", str(args.metrics), "--budget", str(args.budget)]
-    cmd += ["--cost-budget", str(args.cost_budget), "--calls", str(args.calls), "--settle", str(args.settle)]
+    cmd += ["--cost-budget", str(args.cost_budget), "--calls", str(args.calls), "--settle", str(args.settle), "--raw-samples", str(args.raw_samples)]
     if args.kafka:
         cmd += ["--kafka", args.kafka]
     timeout = 8 * args.budget + 8 * args.cost_budget + 600
@@ -788,8 +892,25 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def notes(rows: list[Row]) -> str:
+def mlflow_ratios(rows: list[Row]) -> list[str]:
+    """The MLflow client against runstream over the same client against MLflow's server, mode by mode."""
+    theirs = {r["mode"]: r for r in rows if r["tool"] == "mlflow"}
     out = []
+    for r in rows:
+        base = theirs.get(r["mode"]) if r["tool"] == "mlflow-runstream" else None
+        if base is None:
+            continue
+        bits = [f"points/s {ratio(r['pps'], base['pps'])}"]
+        if r["us_log"] and base["us_log"]:
+            bits.append(f"µs per log_metric call {fmt(r['us_log'], ',.0f')} vs {fmt(base['us_log'], ',.0f')}")
+        if r["us_log10"] and base["us_log10"]:
+            bits.append(f"µs per 10-value call {fmt(r['us_log10'], ',.0f')} vs {fmt(base['us_log10'], ',.0f')}")
+        out.append(f"- MLflow client, runstream vs MLflow's server, {r['mode']}: " + "; ".join(bits))
+    return out
+
+
+def notes(rows: list[Row]) -> str:
+    out = mlflow_ratios(rows)
     for r in rows:
         bits = [b for b in (r["subset"], r["verified"] and f"verified: {r['verified']}", r["note"]) if b]
         if r["log_calls"]:
@@ -823,6 +944,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--settle", type=float, default=240.0, help="seconds runstream may take after the flush until every point is queryable")
     p.add_argument("--calls", type=int, default=200_000, help="log() calls in the call-cost loop (10-value calls: a tenth)")
+    p.add_argument("--raw-samples", type=int, default=200, help="mlflow-runstream: get_run calls timed right after a write and with nothing pending")
     p.add_argument("--json", default="", help="also write the results here")
     p.add_argument("--keep", action="store_true", help="keep the temp folder with every tool's data")
     p.add_argument("--worker", choices=TOOLS, help=argparse.SUPPRESS)

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
+import orjson
 from fastapi import FastAPI, Request, Response
 from fastapi.routing import APIRoute
 
@@ -82,9 +83,12 @@ async def ctx(request: Request, json_body: bool = True) -> Ctx:
         return Ctx(request, body)
     raw = await request.body()
     try:
-        parsed = json.loads(raw) if raw.strip() else {}  # MLflow's JSON may carry NaN as a bare token
-    except ValueError as exc:
-        raise invalid(f"the body is not valid JSON: {exc}") from None
+        parsed = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        try:
+            parsed = json.loads(raw)  # a bare NaN or Infinity token, which Python's json writes
+        except ValueError as exc:
+            raise invalid(f"the body is not valid JSON: {exc}") from None
     if not isinstance(parsed, dict):
         raise invalid("the body must be a JSON object")
     return Ctx(request, parsed)

@@ -95,9 +95,8 @@ class Experiments:
         return self._all
 
     def id_of(self, storage_name: str) -> str:
-        for e in self.all():
-            if e["storage_name"] == storage_name:
-                return str(e["experiment_id"])
+        # An experiment's id is derived from the name its runs are stored under (a rename
+        # keeps both), so this needs no read.
         return objects.experiment_id_for(self.project, storage_name)
 
     def by_id(self, experiment_id: str) -> dict[str, Any]:

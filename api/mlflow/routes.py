@@ -38,6 +38,8 @@ router = APIRouter(route_class=MlflowRoute, tags=["mlflow"], lifespan=lifespan)
 _known_runs: dict[tuple[str, str], str] = {}
 # Params this api instance logged, per run: the immutability check needs no read for them.
 _sent_params: dict[tuple[str, str], dict[str, str]] = {}
+# Runs whose every param is in _sent_params: created here, or their stored params read once.
+_params_known: set[tuple[str, str]] = set()
 MAX_KNOWN = 100_000
 
 
@@ -45,6 +47,7 @@ def _remember(project: str, run_id: str, experiment: str) -> None:
     if len(_known_runs) >= MAX_KNOWN:
         _known_runs.clear()
         _sent_params.clear()
+        _params_known.clear()
     _known_runs[(project, run_id)] = experiment
 
 
@@ -115,6 +118,9 @@ async def create_experiment(request: Request) -> Response:
         raise invalid(f"Invalid experiment name {name!r}")
     if await c.call(objects.experiment_by_name, name) is not None:
         raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment(name={name}) already exists.")
+    renamed = await c.call(objects.experiment_by_id, objects.experiment_id_for(c.project, name))
+    if renamed is not None:  # the id (and the runs) of this name belong to an experiment renamed since
+        raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment(name={name}) was renamed to {renamed['name']!r}; its runs keep the name.")
     now = objects.now_ms()
     experiment = {
         "experiment_id": objects.experiment_id_for(c.project, name),
@@ -340,6 +346,7 @@ async def create_run(request: Request) -> Response:
         event["parent"] = parent
     await c.writer.send([event])
     _remember(c.project, run_id, e["storage_name"])
+    _params_known.add((c.project, run_id))
     row = {
         "run_id": run_id,
         "name": name,
@@ -375,7 +382,11 @@ async def update_run(request: Request) -> Response:
     c = await ctx(request)
     run_id = _run_id(c)
     await existing_run(c, run_id)
-    row = await c.call(reads.run_row, run_id)  # as stored: the answer overlays this call's changes
+    try:  # as stored, without waiting: the answer overlays this call's changes
+        row = await c.call(reads.run_row, run_id)
+    except MlflowError:  # created a moment ago and not stored yet
+        await c.writer.wait_stored(c.store, c.project, [run_id])
+        row = await c.call(reads.run_row, run_id)
     status_in = field(c.body, "status")
     name = text(c.body, "run_name")
     events: list[dict[str, Any]] = []
@@ -397,8 +408,7 @@ async def update_run(request: Request) -> Response:
         row["status"] = status
     if events:
         await c.writer.send(events)
-    experiment_id = reads.Experiments(c.store, c.project)
-    info = reads.run_json(row, await c.store.call(experiment_id.id_of, row["experiment"]), [])["info"]
+    info = reads.run_json(row, objects.experiment_id_for(c.project, row["experiment"]), [])["info"]
     return json_response({"run_info": info})
 
 
@@ -482,13 +492,19 @@ def _metric_event(c: Ctx, run_id: str, metrics: list[dict[str, Any]]) -> dict[st
 
 
 async def _check_params(c: Ctx, run_id: str, params: dict[str, str]) -> dict[str, str]:
-    """The params not logged yet; INVALID_PARAMETER_VALUE for one logged with another value."""
-    sent = _sent_params.setdefault((c.project, run_id), {})
-    if any(k not in sent for k in params):
+    """The params not logged yet; INVALID_PARAMETER_VALUE for one logged with another value.
+
+    The params of a run this instance created, or whose stored params it has read once,
+    are known here: a new key needs no read. (Another writer logging the same key to the
+    same run at the same moment is not caught.)"""
+    key = (c.project, run_id)
+    sent = _sent_params.setdefault(key, {})
+    if key not in _params_known and any(k not in sent for k in params):
         await c.writer.wait_stored(c.store, c.project, [run_id])
         row = await c.call(reads.run_row, run_id)
         for k, v in dict(row["params"]).items():
             sent.setdefault(k, v)
+        _params_known.add(key)
     new: dict[str, str] = {}
     for k, v in params.items():
         old = sent.get(k)

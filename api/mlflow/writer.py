@@ -52,6 +52,8 @@ class WaitStats:
     wait_s_max: float = 0.0
     polls: int = 0
     timeouts: int = 0
+    sends: int = 0  # write calls produced to Kafka
+    send_s_total: float = 0.0  # their time from the first send to Kafka's last acknowledgement
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -62,6 +64,8 @@ class WaitStats:
             "wait_ms_max": round(self.wait_s_max * 1e3, 3),
             "polls": self.polls,
             "timeouts": self.timeouts,
+            "sends": self.sends,
+            "send_ms_mean": round(self.send_s_total / self.sends * 1e3, 3) if self.sends else 0.0,
         }
 
 
@@ -123,10 +127,13 @@ class Writer:
             if len(key) + len(value) + RECORD_OVERHEAD_BYTES > MAX_EVENT_BYTES:
                 raise invalid(f"the request is {len(value)} bytes as one event; the limit is {MAX_EVENT_BYTES - RECORD_OVERHEAD_BYTES}")
             encoded.append((event, key, value))
+        t0 = time.perf_counter()
         try:
             producer = await self.producer()
             futures = [await producer.send(self.settings.events_topic, value, key=key) for _, key, value in encoded]
             acks = await asyncio.gather(*futures)
+            self.stats.sends += 1
+            self.stats.send_s_total += time.perf_counter() - t0
         except Exception as exc:
             raise MlflowError("TEMPORARILY_UNAVAILABLE", f"Kafka is not accepting events right now ({type(exc).__name__}); retry") from None
         for (event, _, _), ack in zip(encoded, acks):
