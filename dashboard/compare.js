@@ -1,10 +1,23 @@
-// Compare page: overlaid metric charts (one series per run), summary table, grouped mean ± std.
+// Compare page: overlaid metric charts (one series per run, any number of runs), summary table,
+// grouped mean ± std, images side by side (compare_images.js); #/compare?experiment=<name> is the
+// sweep view of an experiment (sweep.js).
 import { api, live, numOrNull } from "./api.js";
 import { color, createChart, joinSeries } from "./charts.js";
+import { imagesSection } from "./compare_images.js";
+import { mountSweep } from "./sweep.js";
 import { clear, put, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
 
-const MAX_RUNS = 20;
+const MAX_RUNS = 1000; // the /compare api's own bound
 const DEFAULT_METRICS = 12;
+const LEGEND_RUNS = 12; // above this, a chart's legend would be taller than the chart
+const PARALLEL = 6; // series requests in flight per page
+
+/** Run fn over items with at most `n` promises pending. */
+async function pool(items, n, fn) {
+  let next = 0;
+  const worker = async () => { while (next < items.length) { const i = next++; await fn(items[i], i); } };
+  await Promise.all(Array.from({ length: Math.min(n, items.length) }, worker));
+}
 
 export function mount(ctx) {
   const p = ctx.params;
@@ -17,6 +30,13 @@ export function mount(ctx) {
 
   const head = h("div.page-head", h("div.title-row", h("h1", "Compare runs")));
   root.append(head);
+  const sweepOf = p.get("experiment");
+  if (!ids.length && sweepOf) {
+    head.querySelector("h1").textContent = "Sweep";
+    const sweepBox = h("section.section.sweep");
+    root.append(sweepBox);
+    return mountSweep(sweepBox, { experiment: sweepOf, ctx });
+  }
   if (!ids.length) {
     root.append(h("div.empty.card", h("p", "Pick runs to compare: tick them in the ", h("a", { href: "#/" }, "runs list"), " and press Compare."),
       h("p.muted", "Or open ", h("code", "#/compare?runs=<id>,<id>&metrics=<name>,<name>"), ".")));
@@ -29,10 +49,11 @@ export function mount(ctx) {
   const summaryBox = h("div.card.table-card", h("p.muted.pad", "Loading summary…"));
   const chartsGrid = h("div.charts");
   const aggBox = h("section.section");
+  const imagesBox = h("section.section.compare-images", { hidden: true });
   root.append(runsBar, notice,
     h("section.section", h("div.section-head", h("h2", "Metrics"), metricPicker), chartsGrid),
     h("section.section", h("h2", "Summary"), summaryBox),
-    aggBox);
+    aggBox, imagesBox);
 
   const runs = new Map(); // id -> run details (or {id, missing:true})
   const colorOf = (id) => color(ids.indexOf(id));
@@ -102,7 +123,7 @@ export function mount(ctx) {
     const el = h("section.card.chart-card", { dataset: { metric: m } }, h("header", h("h3", { title: m }, m)), box, h("footer", sub));
     chartsGrid.append(el);
     const withMetric = ids.filter((id) => runs.get(id)?.metrics?.[m] || !runs.get(id));
-    const chart = createChart(box, { series: ids.map((id) => ({ label: runs.get(id)?.name || id, color: colorOf(id) })), height: 220 });
+    const chart = createChart(box, { series: ids.map((id) => ({ label: runs.get(id)?.name || id, color: colorOf(id) })), height: 220, legend: ids.length <= LEGEND_RUNS });
     const per = new Map(ids.map((id) => [id, { xs: [], ys: [], lastRest: -Infinity, loaded: false, queue: [] }]));
     const c = { chart, per, el, sub };
     c.redraw = rafThrottle(() => {
@@ -110,9 +131,10 @@ export function mount(ctx) {
       chart.setData(data);
     });
     charts.set(m, c);
-    const width = Math.max(200, chart.width());
+    // Many runs: fewer points each (the chart has only so many pixels), a few requests at a time.
+    const width = Math.max(200, Math.round(chart.width() / (ids.length > 20 ? 2 : 1)));
     let failed = 0;
-    Promise.all(withMetric.map((id) => api.series(id, m, { max_points: width }).then((r) => {
+    pool(withMetric, PARALLEL, (id) => api.series(id, m, { max_points: width }).then((r) => {
       const s = per.get(id);
       s.xs = r.steps.slice();
       s.ys = r.values.map(numOrNull);
@@ -120,7 +142,8 @@ export function mount(ctx) {
       s.loaded = true;
       for (const slot of s.queue) appendPoints(c, id, slot);
       s.queue = [];
-    }).catch((e) => { if (e.status !== 404) failed++; }))).then(() => {
+      if (ids.length > 20) c.redraw(); // progressive: draw as series arrive
+    }).catch((e) => { if (e.status !== 404) failed++; })).then(() => {
       if (disposed) return;
       const have = ids.filter((id) => per.get(id).xs.length).length;
       sub.textContent = `${have} of ${ids.length} runs${failed ? ` · ${failed} failed to load` : ""}`;
@@ -195,12 +218,14 @@ export function mount(ctx) {
     const expSel = h("select", { "aria-label": "experiment" }, experiments.map((x) => h("option", { value: x }, x)));
     const metricSel = h("select", { "aria-label": "metric" }, allMetricNames().map((m) => h("option", { value: m }, m)));
     if (metrics.length) metricSel.value = metrics[0];
-    const groupIn = h("input", { type: "text", list: "group-keys", placeholder: "tag.<key> or param.<key>", value: [...keys][0] || "" });
+    const groupIn = h("input", { type: "text", list: "group-keys", placeholder: "tag.<key> or param.<key>", value: [...keys][0] || "", "aria-label": "group by" });
+    const scopeSel = h("select", { "aria-label": "aggregate over" }, h("option", { value: "runs" }, "the compared runs"), h("option", { value: "experiment" }, "every run of the experiment"));
     const out = h("div");
-    const go = h("button.primary", { type: "button", onclick: () => loadAggregate(expSel.value, metricSel.value, groupIn.value.trim(), out) }, "Show");
+    const go = h("button.primary", { type: "button", onclick: () => loadAggregate(expSel.value, metricSel.value, groupIn.value.trim(), out, scopeSel.value === "runs" ? ids : null) }, "Show");
     put(aggBox, 
-      h("div.section-head", h("h2", "Grouped mean ± std"), h("span.muted", "across every run of the experiment")),
+      h("div.section-head", h("h2", "Grouped mean ± std"), h("span.muted", "per group of runs sharing a tag or param value")),
       h("div.toolbar",
+        h("label.field", h("span", "Over"), scopeSel),
         h("label.field", h("span", "Experiment"), expSel),
         h("label.field", h("span", "Metric"), metricSel),
         h("label.field", h("span", "Group by"), groupIn, h("datalist", { id: "group-keys" }, [...keys].sort().map((k) => h("option", { value: k })))),
@@ -209,7 +234,7 @@ export function mount(ctx) {
     if (experiments.length && metricSel.value && groupIn.value) go.click();
   }
 
-  async function loadAggregate(experiment, metric, groupBy, out) {
+  async function loadAggregate(experiment, metric, groupBy, out, runIds) {
     aggChart?.destroy();
     aggChart = null;
     if (!experiment || !metric || !groupBy) {
@@ -222,7 +247,7 @@ export function mount(ctx) {
     let res;
     try {
       put(out, card);
-      res = await api.aggregate({ experiment, metric, group_by: groupBy, max_points: Math.max(200, box.clientWidth || 600) });
+      res = await api.aggregate({ experiment, metric, group_by: groupBy, max_points: Math.max(200, box.clientWidth || 600), runs: runIds ? runIds.join(",") : null });
     } catch (e) {
       if (disposed) return;
       put(out, message(e.status === 404 ? "info" : "error", e.status === 404
@@ -251,11 +276,13 @@ export function mount(ctx) {
     aggChart = createChart(box, { series, bands, height: 260 });
     box.classList.add("hide-band-legend");
     aggChart.setData(joinSeries(tables));
+    box.dataset.groups = String(groups.length);
   }
 
   // --- live ---
   function onLive(msg) {
     if (disposed || msg.type !== "update" || !ids.includes(msg.run)) return;
+    if (msg.files?.length) imagesSoon();
     if (msg.status) {
       const r = runs.get(msg.run);
       if (r) r.status = msg.status;
@@ -274,6 +301,8 @@ export function mount(ctx) {
     }
   }
   const summarySoon = throttle(() => !disposed && loadSummary(), 3000);
+  let images = null; // compare_images.js, re-read when a run reports new files
+  const imagesSoon = throttle(() => !disposed && images?.reload(), 2000);
   const refetchChart = throttle((m) => {
     const c = charts.get(m);
     if (!c) return;
@@ -284,7 +313,7 @@ export function mount(ctx) {
   }, 2000);
 
   // --- load ---
-  Promise.all(ids.map((id) => api.run(id).then((r) => runs.set(id, r)).catch((e) => runs.set(id, { id, missing: true, error: e.message })))).then(() => {
+  pool(ids, PARALLEL, (id) => api.run(id).then((r) => runs.set(id, r)).catch((e) => runs.set(id, { id, missing: true, error: e.message }))).then(() => {
     if (disposed) return;
     const missing = ids.filter((id) => runs.get(id).missing);
     if (missing.length) notice.append(message("error", `Could not load ${missing.length} run${missing.length === 1 ? "" : "s"}: ${missing.join(", ")}`));
@@ -296,11 +325,17 @@ export function mount(ctx) {
     renderCharts();
     loadSummary();
     renderAggregate();
-    for (const id of ids) unsubs.push(live.subscribe({ run: id }, onLive));
+    images = imagesSection(imagesBox, { ids, runs, colorOf });
+    const exps = [...new Set([...runs.values()].map((r) => r.experiment).filter(Boolean))];
+    if (exps.length) head.querySelector(".title-row").append(...exps.slice(0, 3).map((x) => h("a.btn.small", { href: `#/compare?experiment=${encodeURIComponent(x)}` }, `Sweep of ${x}`)));
+    // Many runs: one experiment subscription instead of a socket subscription per run.
+    if (ids.length > 20 && exps.length <= 3) for (const x of exps) unsubs.push(live.subscribe({ experiment: x }, onLive));
+    else for (const id of ids) unsubs.push(live.subscribe({ run: id }, onLive));
   });
 
   return () => {
     disposed = true;
+    images?.cleanup();
     for (const u of unsubs) u();
     for (const c of charts.values()) c.chart.destroy();
     aggChart?.destroy();

@@ -85,7 +85,8 @@ export function mount(ctx) {
     h("label.field.check-field", h("span", "Children"), h("span.inline", nestBox, " under parents")));
   const toolbar2 = h("div.toolbar", filters.el);
   const summary = h("span.muted");
-  const head = h("div.page-head", h("div.title-row", h("h1", "Runs"), summary), toolbar, toolbar2);
+  const sweepLink = h("a.btn.small.sweep-link", { hidden: !state.experiment, title: "parallel coordinates and a scatter of this experiment's runs" }, "Sweep view");
+  const head = h("div.page-head", h("div.title-row", h("h1", "Runs"), summary, sweepLink), toolbar, toolbar2);
   const notice = h("div");
   const thead = h("thead");
   const tbody = h("tbody");
@@ -99,6 +100,8 @@ export function mount(ctx) {
   ctx.view.append(root);
 
   function syncUrl() {
+    sweepLink.hidden = !state.experiment;
+    sweepLink.href = `#/compare?${new URLSearchParams({ experiment: state.experiment, ...(state.metrics[0] ? { metric: state.metrics[0] } : {}) })}`;
     const q = new URLSearchParams();
     if (state.experiment) q.set("experiment", state.experiment);
     if (state.status) q.set("status", state.status);
