@@ -48,6 +48,8 @@ def _store(c: Ctx) -> LocalArtifactStore:
 
 
 def _folder(c: Ctx, owner: str, rel: str) -> Path:
+    if "/" in owner or owner in ("", ".", ".."):  # a run id is any name: never a way out of the folder
+        raise invalid(f"invalid run or model id {owner!r}")
     base = _store(c).root / c.project / owner
     return base / safe_relpath(rel) if rel else base
 
