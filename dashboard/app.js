@@ -1,9 +1,11 @@
-// Hash router: #/ (runs), #/runs/<id> (one run), #/compare?runs=a,b (compare).
+// Hash router: #/ (runs), #/runs/<id> (one run), #/compare?runs=a,b (compare), #/compute (compute targets).
 import { live } from "./api.js";
 import { clear, h, refreshTimes } from "./util.js";
 import * as runsView from "./runs.js";
 import * as runView from "./run.js";
 import * as compareView from "./compare.js";
+import "./keyentry.js"; // the key-entry screen on 401
+import * as computeView from "./compute.js";
 
 const view = document.getElementById("view");
 let current = null; // {cleanup}
@@ -43,12 +45,14 @@ function route() {
     arg = decodeURIComponent(m[1]);
   } else if (path === "/compare") {
     mod = compareView;
+  } else if (path === "/compute") {
+    mod = computeView;
   } else {
     view.append(h("div.empty", h("h2", "Not found"), h("p", "No page at ", h("code", path), ". ", h("a", { href: "#/" }, "Back to the runs"))));
     return;
   }
   document.querySelectorAll("[data-nav]").forEach((a) => {
-    a.classList.toggle("active", a.dataset.nav === (mod === compareView ? "compare" : "runs"));
+    a.classList.toggle("active", a.dataset.nav === (mod === compareView ? "compare" : mod === computeView ? "compute" : "runs"));
   });
   const ctx = { view, params, arg, isCurrent: () => seq === renderSeq, setQuery };
   current = { cleanup: null };
