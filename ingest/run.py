@@ -130,6 +130,9 @@ class Run:
         self._next_step: list[int] = []
         self._table_rows: dict[str, int] = {}
         self._capturing = False
+        # What a writer knows of its times (a handle asks the api).
+        self._started_at: float = time.time()
+        self._ended_at: float | None = None
         self.readonly = run_id is not None
         if run_id is not None:
             self.id = self.name = check_name(run_id, "run id")
@@ -200,6 +203,27 @@ class Run:
 
     def __repr__(self) -> str:
         return f"Run(id={self.id!r}, name={self.name!r}, experiment={self.experiment.name!r}, status={self._status!r})"
+
+    def _repr_html_(self) -> str:
+        """A notebook cell showing the run: experiment, id, name, status, duration and a link
+        to its page (the reference's run table)."""
+        from html import escape
+
+        start, end = self._started_at, self._ended_at
+        if self.readonly:
+            try:
+                details = self.get_details()
+                start, end = details.get("created_at") or 0.0, details.get("ended_at")
+            except Exception:  # the api is away: what the handle knows
+                pass
+        seconds = max(0.0, (end or time.time()) - start) if start else None
+        duration = "" if seconds is None else f"{int(seconds // 3600)}:{int(seconds % 3600 // 60):02d}:{seconds % 60:04.1f}"
+        url = self.get_portal_url()
+        cells = [self.experiment.name, self.id, self.name, self._status, duration]
+        head = "".join(f"<th>{h}</th>" for h in ("Experiment", "Id", "Name", "Status", "Duration", "Details page"))
+        row = "".join(f"<td>{escape(str(c))}</td>" for c in cells)
+        link = f'<td><a href="{escape(url, quote=True)}" target="_blank" rel="noopener">Link to the run page</a></td>'
+        return f'<table class="runstream-run"><tr>{head}</tr><tr>{row}{link}</tr></table>'
 
     # --- metrics (the hot path) ---
     def _register(self, name: str, description: str) -> int:
@@ -442,7 +466,7 @@ class Run:
         lifecycle.untrack(self)
         if self._capturing:
             capture.stop(self)
-        self._status = status
+        self._status, self._ended_at = status, time.time()
         buffer = self._buffer
         assert isinstance(buffer, RunBuffer)  # _writer() refused a read-only handle
         buffer.enqueue("run_end", {"status": status, "error": error[:MAX_STRING_VALUE]}, last=True)

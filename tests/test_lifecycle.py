@@ -254,6 +254,9 @@ def test_read_only_handle_on_a_completed_run_changes_nothing(settings: Settings,
     handle.download_file("outputs/model.txt", tmp_path / "copy.txt")
     assert (tmp_path / "copy.txt").read_text() == "weights"
     assert handle.wait_for_completion(show_output=True, timeout=10)["status"] == "Completed"
+    html = handle._repr_html_()  # a notebook cell showing the handle: the stored run
+    assert "<td>Completed</td>" in html and "<td>finished</td>" in html and f'href="{settings.api}/#/runs/{run.id}"' in html
+    assert "<td>lifecycle-handles</td>" in run._repr_html_() and "<td>Completed</td>" in run._repr_html_()
     by_id = Run.from_id(run.id, settings=settings)
     assert by_id.experiment.name == "lifecycle-handles" and by_id.name == "finished"
     with pytest.raises(ValueError, match="read-only"):
