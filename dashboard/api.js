@@ -38,6 +38,7 @@ export async function get(path, params, { signal } = {}) {
     throw new ApiError(0, `network error: ${e.message}`);
   }
   if (!res.ok) {
+    if (res.status === 401) window.dispatchEvent(new CustomEvent("runstream:unauthorized")); // keyentry.js asks for a key
     let detail = res.statusText;
     try {
       const body = await res.json();
@@ -120,9 +121,10 @@ class Live {
       }
       this.dispatch(msg);
     };
-    ws.onclose = () => {
+    ws.onclose = (ev) => {
       this.ws = null;
       this.setState("closed");
+      if (ev.code === 4401) { window.dispatchEvent(new CustomEvent("runstream:unauthorized")); return; } // no retry without a key
       if (this.subs.size) this.scheduleReconnect();
     };
     ws.onerror = () => { /* onclose follows */ };

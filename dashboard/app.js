@@ -4,6 +4,7 @@ import { clear, h, refreshTimes } from "./util.js";
 import * as runsView from "./runs.js";
 import * as runView from "./run.js";
 import * as compareView from "./compare.js";
+import "./keyentry.js"; // the key-entry screen on 401
 import * as computeView from "./compute.js";
 
 const view = document.getElementById("view");

@@ -340,7 +340,8 @@ export function mount(ctx) {
       t.dataset.ts = r.run.last_seen || "";
       setText(t, relTime(r.run.last_seen, now));
       setText(r.dur, duration(r.run.created_at, r.run.ended_at));
-      state.metrics.forEach((m, i) => STATS.forEach((s, j) => setText(r.mcells[i][j], fmtNum(r.run.metrics?.[m]?.[s] ?? null))));
+      // a row built before the metric columns changed has fewer cells until the reload redraws it
+      state.metrics.forEach((m, i) => STATS.forEach((s, j) => { const c = r.mcells[i]?.[j]; if (c) setText(c, fmtNum(r.run.metrics?.[m]?.[s] ?? null)); }));
     }
   }, 250);
 
