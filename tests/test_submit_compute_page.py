@@ -77,7 +77,10 @@ def _watch(page: Any, settings: Settings, gpu: LocalCompute, cpu: LocalCompute, 
         page.screenshot(path=str(test_output / "compute-page-failed.png"), full_page=True)
         raise AssertionError(f"timed out waiting for {what}: {page.inner_text('#view')[:500]!r} {console.errors}")
 
-    until(lambda: _rows(page, gpu.name) == [("Running", "train-a"), ("Queued", "train-b")] and _rows(page, cpu.name) == [("Running", "eval-c")], "both targets")
+    until(
+        lambda: _rows(page, gpu.name) == [("Running", "train-a"), ("Queued", "train-b")] and _rows(page, cpu.name) == [("Running", "eval-c")],
+        "both targets",
+    )
     assert "1 running · 1 queued" in page.text_content(f'section.compute-target[data-target="{gpu.name}"] h2')
     page.screenshot(path=str(test_output / "compute-page-queued.png"), full_page=True)
     go["a"].touch()  # train-a finishes: it leaves, train-b runs
