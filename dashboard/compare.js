@@ -3,6 +3,7 @@
 // sweep view of an experiment (sweep.js).
 import { api, live, numOrNull } from "./api.js";
 import { color, createChart, joinSeries } from "./charts.js";
+import { ema } from "./chartctl.js";
 import { imagesSection } from "./compare_images.js";
 import { mountSweep } from "./sweep.js";
 import { clear, put, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
@@ -11,6 +12,20 @@ const MAX_RUNS = 1000; // the /compare api's own bound
 const DEFAULT_METRICS = 12;
 const LEGEND_RUNS = 12; // above this, a chart's legend would be taller than the chart
 const PARALLEL = 6; // series requests in flight per page
+
+/** limiter(n)(fn) runs fn when fewer than n are pending: one queue for the page, first come first served,
+ * so the first chart's series all arrive before the second chart's. */
+function limiter(n) {
+  let active = 0;
+  const waiting = [];
+  const next = () => {
+    if (active >= n || !waiting.length) return;
+    active++;
+    const [fn, resolve, reject] = waiting.shift();
+    fn().then(resolve, reject).finally(() => { active--; next(); });
+  };
+  return (fn) => new Promise((resolve, reject) => { waiting.push([fn, resolve, reject]); next(); });
+}
 
 /** Run fn over items with at most `n` promises pending. */
 async function pool(items, n, fn) {
@@ -45,24 +60,45 @@ export function mount(ctx) {
 
   const runsBar = h("div.run-legend");
   const metricPicker = h("div.metric-toggle");
+  // Page-wide chart controls (chartctl.js draws the run page's): smoothing and y scale, a shared cursor.
+  let smooth = Math.min(0.99, Math.max(0, Number(p.get("smooth")) || 0));
+  let yLog = p.get("y") === "log";
+  const syncKey = `rs-compare-${Math.random().toString(36).slice(2, 8)}`;
+  const smoothIn = h("input", { type: "range", min: 0, max: 0.99, step: 0.01, value: smooth, "aria-label": "smoothing",
+    oninput: () => { smooth = Number(smoothIn.value); smoothOut.textContent = smooth.toFixed(2); syncUrl(); for (const c of charts.values()) c.redraw(); } });
+  const smoothOut = h("output.smooth-val", smooth.toFixed(2));
+  const ySel = h("select", { "aria-label": "y scale", onchange: () => {
+    yLog = ySel.value === "log";
+    syncUrl();
+    for (const c of charts.values()) { c.chart.destroy(); c.el.remove(); }
+    charts.clear();
+    renderCharts();
+  } }, h("option", { value: "lin" }, "linear"), h("option", { value: "log" }, "log"));
+  ySel.value = yLog ? "log" : "lin";
+  const controls = h("div.chart-controls",
+    h("label.field", h("span", "Smoothing"), h("div.inline", smoothIn, smoothOut)),
+    h("label.field", h("span", "Y"), ySel));
   const notice = h("div");
   const summaryBox = h("div.card.table-card", h("p.muted.pad", "Loading summary…"));
   const chartsGrid = h("div.charts");
   const aggBox = h("section.section");
   const imagesBox = h("section.section.compare-images", { hidden: true });
   root.append(runsBar, notice,
-    h("section.section", h("div.section-head", h("h2", "Metrics"), metricPicker), chartsGrid),
+    h("section.section", h("div.section-head", h("h2", "Metrics"), metricPicker), controls, chartsGrid),
     h("section.section", h("h2", "Summary"), summaryBox),
     aggBox, imagesBox);
 
   const runs = new Map(); // id -> run details (or {id, missing:true})
   const colorOf = (id) => color(ids.indexOf(id));
   const charts = new Map(); // metric -> {chart, per: Map(runId -> {xs, ys, lastRest}), redraw, el}
+  const fetchSeries = limiter(PARALLEL);
   const unsubs = [];
 
   function syncUrl() {
     const q = new URLSearchParams({ runs: ids.join(",") });
     if (explicitMetrics || metrics.length) q.set("metrics", metrics.join(","));
+    if (smooth) q.set("smooth", String(smooth));
+    if (yLog) q.set("y", "log");
     ctx.setQuery(q);
   }
 
@@ -120,21 +156,26 @@ export function mount(ctx) {
   function addChart(m) {
     const box = h("div.chart", { dataset: { metric: m, points: "0" } });
     const sub = h("span.sub");
-    const el = h("section.card.chart-card", { dataset: { metric: m } }, h("header", h("h3", { title: m }, m)), box, h("footer", sub));
+    const desc = [...runs.values()].map((r) => r.descriptions?.[m]).find(Boolean);
+    const el = h("section.card.chart-card", { dataset: { metric: m } }, h("header", h("h3", { title: m }, m)),
+      desc ? h("p.desc", { title: desc }, desc) : null, box, h("footer", sub));
     chartsGrid.append(el);
     const withMetric = ids.filter((id) => runs.get(id)?.metrics?.[m] || !runs.get(id));
-    const chart = createChart(box, { series: ids.map((id) => ({ label: runs.get(id)?.name || id, color: colorOf(id) })), height: 220, legend: ids.length <= LEGEND_RUNS });
+    const chart = createChart(box, { series: ids.map((id) => ({ label: runs.get(id)?.name || id, color: colorOf(id) })), height: 220, legend: ids.length <= LEGEND_RUNS, yLog, syncKey });
     const per = new Map(ids.map((id) => [id, { xs: [], ys: [], lastRest: -Infinity, loaded: false, queue: [] }]));
     const c = { chart, per, el, sub };
     c.redraw = rafThrottle(() => {
-      const data = joinSeries(ids.map((id) => [per.get(id).xs, per.get(id).ys]));
+      let data = joinSeries(ids.map((id) => [per.get(id).xs, per.get(id).ys]));
+      if (yLog) data = [data[0], ...data.slice(1).map((ys) => ys.map((v) => (v != null && v > 0 ? v : null)))];
+      if (smooth > 0) data = [data[0], ...data.slice(1).map((ys) => ema(ys, smooth))];
       chart.setData(data);
+      box.dataset.smooth = String(smooth);
     });
     charts.set(m, c);
     // Many runs: fewer points each (the chart has only so many pixels), a few requests at a time.
     const width = Math.max(200, Math.round(chart.width() / (ids.length > 20 ? 2 : 1)));
     let failed = 0;
-    pool(withMetric, PARALLEL, (id) => api.series(id, m, { max_points: width }).then((r) => {
+    Promise.all(withMetric.map((id) => fetchSeries(() => api.series(id, m, { max_points: width })).then((r) => {
       const s = per.get(id);
       s.xs = r.steps.slice();
       s.ys = r.values.map(numOrNull);
@@ -143,7 +184,7 @@ export function mount(ctx) {
       for (const slot of s.queue) appendPoints(c, id, slot);
       s.queue = [];
       if (ids.length > 20) c.redraw(); // progressive: draw as series arrive
-    }).catch((e) => { if (e.status !== 404) failed++; })).then(() => {
+    }).catch((e) => { if (e.status !== 404) failed++; }))).then(() => {
       if (disposed) return;
       const have = ids.filter((id) => per.get(id).xs.length).length;
       sub.textContent = `${have} of ${ids.length} runs${failed ? ` · ${failed} failed to load` : ""}`;

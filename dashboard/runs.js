@@ -211,7 +211,7 @@ export function mount(ctx) {
     all.checked = allOnPage.length > 0 && allOnPage.every((id) => selected.has(id));
     all.indeterminate = !all.checked && allOnPage.some((id) => selected.has(id));
     all.addEventListener("change", () => {
-      for (const id of allOnPage) all.checked ? selected.add(id) : selected.delete(id);
+      for (const id of rows.keys()) all.checked ? selected.add(id) : selected.delete(id); // every row by now, chunks included
       for (const r of rows.values()) {
         r.check.checked = selected.has(r.run.id);
         r.tr.classList.toggle("selected", r.check.checked);
@@ -291,15 +291,31 @@ export function mount(ctx) {
     if (kids) kids.addEventListener("click", () => toggleChildren(r, kids));
     return r;
   }
-  function renderRows(list) {
-    rows = new Map();
+  // A long page renders its first rows at once and the rest a chunk per frame (first rows sooner,
+  // the page stays responsive); a newer render drops the older one's remaining chunks.
+  const FIRST_ROWS = 100;
+  const CHUNK_ROWS = 250;
+  let renderSeq = 0;
+  function appendRows(list) {
     const frag = document.createDocumentFragment();
     for (const run of list) {
       const r = buildRow(run);
       rows.set(run.id, r);
       frag.append(r.tr);
     }
-    put(tbody, frag);
+    tbody.append(frag);
+  }
+  function renderRows(list) {
+    rows = new Map();
+    const seq = ++renderSeq;
+    clear(tbody);
+    appendRows(list.slice(0, FIRST_ROWS));
+    const more = (from) => {
+      if (disposed || seq !== renderSeq || from >= list.length) return;
+      appendRows(list.slice(from, from + CHUNK_ROWS));
+      requestAnimationFrame(() => more(from + CHUNK_ROWS));
+    };
+    if (list.length > FIRST_ROWS) requestAnimationFrame(() => more(FIRST_ROWS));
     if (!list.length) {
       tbody.append(h("tr", h("td.empty-row", { colSpan: colCount() },
         state.filters.length ? "No runs match the filters." : state.total ? "No runs on this page." : "No runs yet. Start one with Experiment(\"name\").start_logging().")));
