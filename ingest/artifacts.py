@@ -186,7 +186,9 @@ class Uploads:
             self._cond.notify_all()
 
     def _at_exit(self) -> None:
-        self.close(float(os.environ.get("RUNSTREAM_EXIT_FLUSH_TIMEOUT", "30")))
+        # Flush, but leave the thread running: a submitted script's supervisor (ingest/compute.py)
+        # may still upload its outputs from an exit handler that runs after this one.
+        self.flush(float(os.environ.get("RUNSTREAM_EXIT_FLUSH_TIMEOUT", "30")))
 
     # --- the upload thread ---
     def _loop(self) -> None:

@@ -86,6 +86,7 @@ class LocalCompute:
         self._lock = threading.Condition()
         self._waiting: deque[Job] = deque()
         self._active: set[int] = set()  # id(job) of the running ones
+        self._running: dict[int, Job] = {}
         self._threads: list[threading.Thread] = []
         atexit.register(self.wait_all)
 
@@ -117,6 +118,13 @@ class LocalCompute:
         if dropped:  # never started: it ends as a signal would have ended it
             job.reporter.exited(-signal.SIGTERM)
 
+    def cancel_all(self) -> None:
+        """Cancel every job taken so far (queued ones never start, running ones get SIGTERM)."""
+        with self._lock:
+            jobs = list(self._waiting) + [j for j in self._running.values()]
+        for job in jobs:
+            self.cancel(job)
+
     def wait_all(self, timeout: float | None = None) -> None:
         """Wait for every job taken so far (the process's exit does: a submitted run is not
         left without its supervisor)."""
@@ -131,6 +139,7 @@ class LocalCompute:
         while self._waiting and len(self._active) < self.slots:
             job = self._waiting.popleft()
             self._active.add(id(job))
+            self._running[id(job)] = job
             thread = threading.Thread(target=self._run, args=(job,), name=f"runstream-job-{job.run_id}", daemon=True)
             self._threads.append(thread)
             thread.start()
@@ -166,6 +175,7 @@ class LocalCompute:
             finally:
                 with self._lock:
                     self._active.discard(id(job))
+                    self._running.pop(id(job), None)
                     self._start_ready()
                     self._lock.notify_all()
 

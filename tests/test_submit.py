@@ -21,6 +21,7 @@ import textwrap
 import time
 import uuid
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,10 +94,22 @@ def get_alphas():
 
 
 @pytest.fixture()
-def client_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    """The submitted scripts import runstream from this checkout and log to the session stack."""
+def client_env(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+    """The submitted scripts import runstream from this checkout and log to the session stack;
+    whatever a failed test leaves running is canceled (this process waits for it at exit)."""
     monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    return settings
+    yield settings
+    for target in TARGETS:
+        target.cancel_all()
+    TARGETS.clear()
+
+
+TARGETS: list[LocalCompute] = []
+
+
+def _target(name: str, slots: int) -> LocalCompute:
+    TARGETS.append(LocalCompute(f"{name}-{uuid.uuid4().hex[:6]}", slots=slots))
+    return TARGETS[-1]
 
 
 class Recorder(io.TextIOBase):
@@ -141,7 +154,7 @@ def test_the_reference_scriptrunconfig_example_submitted_ends_completed_with_its
     wrapper.write_text(f'#!/bin/sh\n"{sys.executable}" "$@"\ncode=$?\nwhile [ ! -f "{go}" ]; do sleep 0.02; done\nexit $code\n')
     wrapper.chmod(wrapper.stat().st_mode | stat.S_IEXEC)
 
-    target = LocalCompute(f"local-{uuid.uuid4().hex[:6]}", slots=2)
+    target = _target("local", 2)
     exp = Experiment("submit-sweep", settings=settings)
     run = exp.submit(ScriptRunConfig(source_directory=src, script="train.py", compute_target=target, python=str(wrapper)))
     assert run.status in ("Queued", "Running")
@@ -193,7 +206,7 @@ def test_three_scripts_on_a_one_slot_target_run_in_order_the_rest_queued(tmp_pat
     src = tmp_path / "wait"
     src.mkdir()
     (src / "wait.py").write_text(WAIT_FOR_FILE)
-    target = LocalCompute(f"one-slot-{uuid.uuid4().hex[:6]}", slots=1)
+    target = _target("one-slot", 1)
     exp = Experiment("submit-queue", settings=settings)
     gos = [tmp_path / f"go-{i}" for i in range(3)]
     runs = [exp.submit(ScriptRunConfig(src, "wait.py", arguments=[go], compute_target=target), name=f"job-{i}") for i, go in enumerate(gos)]
@@ -222,7 +235,7 @@ def test_a_failing_script_fails_with_its_traceback_and_a_canceled_one_is_cancele
     src.mkdir()
     (src / "bad.py").write_text("from runstream import Run\nrun = Run.get_context()\nrun.log('x', 1)\nraise RuntimeError('diverged')\n")
     (src / "wait.py").write_text(WAIT_FOR_FILE)
-    target = LocalCompute(f"local-{uuid.uuid4().hex[:6]}", slots=2)
+    target = _target("local", 2)
     exp = Experiment("submit-ends", settings=settings)
     bad = exp.submit(ScriptRunConfig(src, "bad.py", compute_target=target))
     waiting = exp.submit(ScriptRunConfig(src, "wait.py", arguments=[tmp_path / "never"], compute_target=target))
@@ -281,3 +294,26 @@ def test_runstream_submit_wait_streams_the_output_and_exits_with_the_result_and_
     done = wait_until(lambda: (d := _details(settings, run_id)).get("status") == "Completed" and d, 60, what="the detached run completed")
     assert done["name"] == "detached" and done["experiment"] == "submit-cli" and done["meta"]["compute"] == "cli-local"
     assert httpx.get(f"{settings.api}/api/v1/runs/{run_id}/metrics", timeout=10).json()["loss"] == [1.0, 0.5, 1.0 / 3]
+
+
+def test_a_process_that_submits_and_exits_waits_for_its_run_which_ends_with_its_outputs(tmp_path: Path, client_env: Settings) -> None:
+    settings = client_env
+    src = tmp_path / "job"
+    src.mkdir()
+    (src / "job.py").write_text("import os\nos.makedirs('outputs', exist_ok=True)\nopen('outputs/result.txt', 'w').write('42')\nprint('wrote it')\n")
+    submitter = textwrap.dedent(
+        f"""
+        from runstream import Experiment, ScriptRunConfig
+        run = Experiment("submit-exit").submit(ScriptRunConfig({str(src)!r}, "job.py"))
+        print(run.id, flush=True)
+        """
+    )  # and exits at once: its exit waits for the run it supervises
+    env = child_env(settings, {"PYTHONPATH": str(ROOT)})
+    done = subprocess.run([sys.executable, "-c", submitter], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip()
+    details = wait_until(lambda: (d := _details(settings, run_id)).get("status") == "Completed" and d, 30, what="the run completed")
+    files = [f["path"] for f in httpx.get(f"{settings.api}/api/v1/runs/{run_id}/files", timeout=10).json()]
+    assert "outputs/result.txt" in files and "snapshot.zip" in files, files
+    assert httpx.get(f"{settings.api}/api/v1/runs/{run_id}/files/outputs/result.txt", timeout=10).text == "42"
+    assert details["error"] is None
