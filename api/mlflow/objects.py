@@ -2,7 +2,7 @@
 tags and lifecycle), logged models (MLflow 3's `log_model`) and run inputs (datasets).
 
 They are control-plane records, a handful per experiment, written straight to one
-ClickHouse table of this module's own (`mlflow_objects`, ReplacingMergeTree: the newest
+ClickHouse table (`mlflow_objects`, migration 9; ReplacingMergeTree: the newest
 version of an object wins, read with FINAL), so every api instance sees them at once.
 Run data (metrics, params, tags, statuses) never goes here: it travels as wire events.
 
@@ -15,7 +15,6 @@ the id and the name the experiment's runs are stored under (`storage_name`).
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from typing import Any
 
@@ -23,28 +22,9 @@ import orjson
 
 from runstream.storage.store import Store
 
-TABLE = "mlflow_objects"
-DDL = f"""CREATE TABLE IF NOT EXISTS {TABLE} (
-    project LowCardinality(String),
-    kind LowCardinality(String),
-    object_id String,
-    parent_id String,
-    body String,
-    version UInt64
-) ENGINE = ReplacingMergeTree(version) ORDER BY (project, kind, object_id)"""
+TABLE = "mlflow_objects"  # made by migration 9 (runstream/storage/schema.py)
 DEFAULT_EXPERIMENT = "Default"
 DEFAULT_EXPERIMENT_ID = "0"
-
-_ready: set[int] = set()
-_ready_lock = threading.Lock()
-
-
-def ensure_table(store: Store) -> None:
-    with _ready_lock:
-        if id(store) in _ready:
-            return
-        store.command(DDL)
-        _ready.add(id(store))
 
 
 def experiment_id_for(project: str, name: str) -> str:
@@ -58,7 +38,6 @@ def now_ms() -> int:
 
 
 def put(store: Store, project: str, kind: str, object_id: str, body: dict[str, Any], parent_id: str = "") -> None:
-    ensure_table(store)
     store.insert_rows(
         TABLE,
         [(project, kind, object_id, parent_id, orjson.dumps(body).decode(), time.time_ns())],
@@ -67,7 +46,6 @@ def put(store: Store, project: str, kind: str, object_id: str, body: dict[str, A
 
 
 def get(store: Store, project: str, kind: str, object_id: str) -> dict[str, Any] | None:
-    ensure_table(store)
     rows = store.query_rows(
         f"SELECT body FROM {TABLE} FINAL WHERE project = {{project:String}} AND kind = {{kind:String}} AND object_id = {{id:String}}",
         {"project": project, "kind": kind, "id": object_id},
@@ -76,7 +54,6 @@ def get(store: Store, project: str, kind: str, object_id: str) -> dict[str, Any]
 
 
 def all_of(store: Store, project: str, kind: str, parent_id: str | None = None) -> list[dict[str, Any]]:
-    ensure_table(store)
     params: dict[str, Any] = {"project": project, "kind": kind}
     where = "project = {project:String} AND kind = {kind:String}"
     if parent_id is not None:

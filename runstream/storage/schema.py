@@ -267,4 +267,19 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         # commit/branch/dirty: ingest/metadata.py), sent with its start; the api filters on it.
         ["ALTER TABLE runs ADD COLUMN IF NOT EXISTS meta Map(String, String) AFTER descriptions"],
     ),
+    (
+        9,
+        # The MLflow-compatible api's control-plane records (api/mlflow/objects.py): experiments
+        # with their ids and tags, logged models, run inputs; the newest version of an object wins.
+        [
+            """CREATE TABLE IF NOT EXISTS mlflow_objects (
+                project LowCardinality(String),
+                kind LowCardinality(String),
+                object_id String,
+                parent_id String,
+                body String,
+                version UInt64
+            ) ENGINE = ReplacingMergeTree(version) ORDER BY (project, kind, object_id)"""
+        ],
+    ),
 ]
