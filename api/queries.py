@@ -226,6 +226,29 @@ def get_series(
     )
 
 
+MAX_SERIES_RUNS = 200
+
+
+def get_series_many(store: Store, project: str | None, run_ids: list[str], name: str, max_points: int) -> dict[str, Any]:
+    """One metric of many runs in one read (the compare page): each run's numeric points,
+    downsampled in the engine to at most max_points (largest triangle three buckets)."""
+    if not run_ids:
+        raise BadRequest("give runs")
+    if len(run_ids) > MAX_SERIES_RUNS:
+        raise BadRequest(f"at most {MAX_SERIES_RUNS} runs per request")
+    params: dict[str, Any] = {"runs": run_ids, "metric": name, "n": max(3, int(max_points))}
+    rows = store.query_rows(
+        "SELECT run_id, count() AS n, largestTriangleThreeBuckets({n:UInt64})(toFloat64(step), value) AS pts FROM "
+        f"(SELECT run_id, step, value FROM metric_points WHERE {_scope(project, params)} AND metric = {{metric:String}} "
+        "AND run_id IN {runs:Array(String)} AND isFinite(value)) GROUP BY run_id",
+        params,
+    )
+    out = {}
+    for run_id, n, pts in rows:
+        out[run_id] = {"steps": [int(p[0]) for p in pts], "values": [clean(p[1]) for p in pts], "count": int(n), "downsampled": int(n) > len(pts)}
+    return {"metric": name, "max_points": params["n"], "runs": out}
+
+
 def list_experiments(store: Store, project: str | None) -> list[dict[str, Any]]:
     params: dict[str, Any] = {}
     rows = store.query_dicts(

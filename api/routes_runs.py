@@ -108,6 +108,19 @@ async def run_groups(
     return result
 
 
+@router.get("/series")
+async def series_of_runs(
+    request: Request,
+    metric: str,
+    runs: str = Query(..., description=f"comma-separated run ids (at most {queries.MAX_SERIES_RUNS})"),
+    max_points: int = Query(500, ge=3, le=100_000),
+) -> dict[str, Any]:
+    """One metric of many runs in one read: each run's numeric points, downsampled to max_points."""
+    ids = [r for r in runs.split(",") if r]
+    result: dict[str, Any] = await _call(request, queries.get_series_many, request.state.project, ids, metric, max_points)
+    return result
+
+
 @router.get("/runs/{run_id}")
 async def run(request: Request, run_id: str) -> dict[str, Any]:
     result: dict[str, Any] = await _call(request, queries.get_run, run_id, request.state.project)

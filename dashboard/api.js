@@ -59,6 +59,7 @@ export const api = {
   experiments: (o) => get("/experiments", null, o),
   runs: (params, o) => get("/runs", params, o),
   runGroups: (params, o) => get("/run-groups", params, o),
+  seriesOfRuns: (metric, runs, maxPoints, o) => get("/series", { metric, runs, max_points: maxPoints }, o),
   run: (id, o) => get(`/runs/${encodeURIComponent(id)}`, null, o),
   series: (id, name, params, o) => get(`/runs/${encodeURIComponent(id)}/metrics/${name.split("/").map(encodeURIComponent).join("/")}`, params, o),
   table: (id, name, o) => get(`/runs/${encodeURIComponent(id)}/tables/${name.split("/").map(encodeURIComponent).join("/")}`, null, o),

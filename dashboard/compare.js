@@ -12,6 +12,14 @@ const MAX_RUNS = 1000; // the /compare api's own bound
 const DEFAULT_METRICS = 12;
 const LEGEND_RUNS = 12; // above this, a chart's legend would be taller than the chart
 const PARALLEL = 6; // series requests in flight per page
+const BATCH_FROM = 8; // more runs than this: their series in batched reads (GET /api/v1/series)
+const BATCH = 100;
+
+function chunks(list, n) {
+  const out = [];
+  for (let i = 0; i < list.length; i += n) out.push(list.slice(i, i + n));
+  return out;
+}
 
 /** limiter(n)(fn) runs fn when fewer than n are pending: one queue for the page, first come first served,
  * so the first chart's series all arrive before the second chart's. */
@@ -175,7 +183,7 @@ export function mount(ctx) {
     // Many runs: fewer points each (the chart has only so many pixels), a few requests at a time.
     const width = Math.max(200, Math.round(chart.width() / (ids.length > 20 ? 2 : 1)));
     let failed = 0;
-    Promise.all(withMetric.map((id) => fetchSeries(() => api.series(id, m, { max_points: width })).then((r) => {
+    const took = (id, r) => {
       const s = per.get(id);
       s.xs = r.steps.slice();
       s.ys = r.values.map(numOrNull);
@@ -183,8 +191,19 @@ export function mount(ctx) {
       s.loaded = true;
       for (const slot of s.queue) appendPoints(c, id, slot);
       s.queue = [];
-      if (ids.length > 20) c.redraw(); // progressive: draw as series arrive
-    }).catch((e) => { if (e.status !== 404) failed++; }))).then(() => {
+    };
+    // A few runs: one request each (text values and times included). Many: GET /series, BATCH runs
+    // per request, drawn as each batch arrives.
+    const reads = withMetric.length <= BATCH_FROM
+      ? withMetric.map((id) => fetchSeries(() => api.series(id, m, { max_points: width })).then((r) => took(id, r)).catch((e) => { if (e.status !== 404) failed++; }))
+      : chunks(withMetric, BATCH).map((part) => fetchSeries(() => api.seriesOfRuns(m, part, width)).then((r) => {
+        for (const id of part) {
+          if (r.runs[id]) took(id, r.runs[id]);
+          else { per.get(id).loaded = true; }
+        }
+        c.redraw();
+      }).catch(() => { failed += part.length; }));
+    Promise.all(reads).then(() => {
       if (disposed) return;
       const have = ids.filter((id) => per.get(id).xs.length).length;
       sub.textContent = `${have} of ${ids.length} runs${failed ? ` · ${failed} failed to load` : ""}`;

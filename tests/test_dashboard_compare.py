@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from runstream import Experiment
@@ -86,6 +87,12 @@ def test_sweep_brushing_compare_many_and_images(stack: Stack, settings: Settings
         r.flush(30)
     runs[-1].get_metrics()
     by_id = {r.id: _alpha(i) for i, r in enumerate(runs)}
+    # the compare page's batched read: one metric of many runs, each downsampled in the engine
+    batch = httpx.get(f"{stack.api_url}/api/v1/series", params={"metric": "mse", "runs": ",".join(by_id), "max_points": 4}, timeout=30).json()
+    assert set(batch["runs"]) == set(by_id)
+    first = batch["runs"][runs[0].id]
+    assert first["count"] == 10 and first["downsampled"] and len(first["steps"]) == 4 and first["steps"][0] == 0 and first["steps"][-1] == 9
+    assert first["values"][-1] == pytest.approx(_mse(_alpha(0)))
 
     context = chromium.new_context(viewport={"width": 1500, "height": 1100})
     page = context.new_page()
