@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import uuid
@@ -17,8 +18,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from runstream.config import Settings
-from runstream.ingest import artifacts, capture, lifecycle
-from runstream.ingest.artifacts import FileSink, Uploads, get_uploads
+from runstream.ingest import capture, lifecycle
 from runstream.ingest.buffer import EVENT_POINTS as EVENT_POINTS  # re-exported: the bound on points per event
 from runstream.ingest.buffer import ReadOnlyBuffer, ReadOnlyRun, RunBuffer
 from runstream.ingest.metadata import run_metadata
@@ -28,6 +28,7 @@ from runstream.lifecycle import HEARTBEAT_META
 from runstream.wire import MAX_LOG_LINE, MAX_STRING_VALUE, TERMINAL_STATUSES
 
 if TYPE_CHECKING:
+    from runstream.ingest.artifacts import FileSink, Uploads
     from runstream.ingest.submit import ScriptRunConfig, SubmittedRun
 
 _INF = math.inf
@@ -37,7 +38,10 @@ _time = time.time
 
 
 def _has_uploads() -> bool:
-    return artifacts._uploads is not None and artifacts._uploads.pending > 0
+    # Looked up, not imported: the uploader (and httpx) load on the first file, not with the client.
+    artifacts = sys.modules.get("runstream.ingest.artifacts")
+    uploads = getattr(artifacts, "_uploads", None)
+    return uploads is not None and uploads.pending > 0
 
 
 class _EndedSink:
@@ -391,6 +395,8 @@ class Run:
 
     # --- files: spooled on local disk, uploaded to the api in the background (ingest/artifacts.py) ---
     def _uploads(self) -> Uploads:
+        from runstream.ingest.artifacts import get_uploads
+
         shipper = self._shipper
 
         def sink_for(run_id: str, project: str) -> FileSink:
