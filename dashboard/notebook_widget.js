@@ -87,6 +87,10 @@ function render({ model, el: root }) {
   function addPoints(name, slot) {
     const data = (st.series[name] ||= { s: [], v: [] });
     const last = data.s.length ? data.s[data.s.length - 1] : -Infinity;
+    if (slot.truncated && slot.s.length && (slot.n || 0) > slot.s.length) {
+      // The update carried only the newest points of a burst: the kernel reads the rest.
+      model.send({ type: "series", name, from_step: Number.isFinite(last) ? last + 1 : 0 });
+    }
     slot.s.forEach((s, i) => {
       if (s > last) { data.s.push(s); data.v.push(slot.v[i]); }
     });
@@ -172,6 +176,22 @@ function render({ model, el: root }) {
       if (!closed && !TERMINAL.has(st.status)) setTimeout(connect, 1000);
     };
   }
+
+  model.on("msg:custom", (msg) => {
+    if (msg?.type !== "series" || !Array.isArray(msg.s)) return;
+    const data = (st.series[msg.name] ||= { s: [], v: [] });
+    // Points from from_step on, as stored: they replace what the live tail had there.
+    const keep = data.s.findIndex((s) => s >= msg.from_step);
+    const cut = keep < 0 ? data.s.length : keep;
+    const tailS = data.s.slice(cut), tailV = data.v.slice(cut);
+    data.s.length = cut; data.v.length = cut;
+    msg.s.forEach((s, i) => { data.s.push(s); data.v.push(msg.v[i]); });
+    const top = data.s.length ? data.s[data.s.length - 1] : -Infinity;
+    tailS.forEach((s, i) => { if (s > top) { data.s.push(s); data.v.push(tailV[i]); } });
+    chart(msg.name);
+    const box = plots.get(msg.name).box;
+    box.dataset.refetched = String(Number(box.dataset.refetched || 0) + 1);
+  });
 
   showStatus();
   for (const name of Object.keys(st.series)) chart(name);

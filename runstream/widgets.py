@@ -147,7 +147,29 @@ class RunDetails:
         self.widget = _widget_class()(
             run_id=self.run.id, ws_url=ws_url, api_key=settings.api_key or "", portal_url=self.run.get_portal_url(), initial=self.history()
         )
+        self.widget.on_msg(self._on_message)
         return self.widget
+
+    def _on_message(self, widget: Any, content: Any, buffers: Any) -> None:
+        """The page asks for a series' points from a step on: a live update carried only the
+        newest of them (more than the live cap in one batch), and the page cannot read the api."""
+        if not isinstance(content, dict) or content.get("type") != "series":
+            return
+        name, from_step = str(content.get("name", "")), int(content.get("from_step", 0))
+        settings = self.run.settings
+        headers = {"X-API-Key": settings.api_key} if settings.api_key else {}
+        try:
+            response = httpx.get(
+                f"{settings.api.rstrip('/')}/api/v1/runs/{quote(self.run.id, safe='')}/metrics/{quote(name)}",
+                params={"from_step": from_step, "max_points": SERIES_POINTS},
+                headers=headers,
+                timeout=30.0,
+            )
+            body = response.json() if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError):
+            body = None
+        if body is not None:
+            widget.send({"type": "series", "name": name, "from_step": from_step, "s": body["steps"], "v": body["values"]})
 
     def show(self) -> None:
         """Display the widget in the notebook (returns nothing, so a cell ending in show()

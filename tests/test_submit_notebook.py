@@ -118,12 +118,12 @@ def test_jupyterlab_shows_the_widget_live_until_the_run_completes(settings: Sett
     run = _logging_run(settings)
     Path(root, "widget.ipynb").write_text(json.dumps(_notebook(settings, run.id)))
     stop = threading.Event()
+    logged = [50]  # steps logged so far: 0..logged-1
 
     def keep_logging() -> None:  # the run trains while the cell shows it
-        step = 50
         while not stop.is_set():
-            run.log("loss", 1.0 / (step + 1), step=step)
-            step += 1
+            run.log("loss", 1.0 / (logged[0] + 1), step=logged[0])
+            logged[0] += 1
             time.sleep(0.05)
 
     with sync_playwright() as p:
@@ -159,6 +159,17 @@ def test_jupyterlab_shows_the_widget_live_until_the_run_completes(settings: Sett
             page.screenshot(path=str(test_output / "notebook-widget-live.png"), full_page=True)
             stop.set()
             worker.join()
+            # A burst of 500 points in one batch: the live update carries only its newest ones
+            # (runstream.live's cap), and the widget asks the kernel for the rest.
+            for _ in range(500):
+                run.log("loss", 1.0 / (logged[0] + 1), step=logged[0])
+                logged[0] += 1
+            run.flush()
+            page.wait_for_function(
+                f"() => Number(document.querySelector(\".runstream-widget .rs-chart[data-metric='loss']\").dataset.points) === {logged[0]}",
+                timeout=30_000,
+            )
+            assert int(chart.get_attribute("data-refetched") or 0) >= 1  # the burst's points came through the kernel
             run.complete()
             page.wait_for_selector(".runstream-widget[data-status='Completed']", timeout=30_000)
             page.screenshot(path=str(test_output / "notebook-widget-completed.png"), full_page=True)
