@@ -6,7 +6,7 @@ import { color, createChart, joinSeries } from "./charts.js";
 import { ema } from "./chartctl.js";
 import { imagesSection } from "./compare_images.js";
 import { mountSweep } from "./sweep.js";
-import { clear, put, fmtNum, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
+import { clear, put, fmtNum, frameThrottle, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
 
 const MAX_RUNS = 1000; // the /compare api's own bound
 const DEFAULT_METRICS = 12;
@@ -14,6 +14,7 @@ const LEGEND_RUNS = 12; // above this, a chart's legend would be taller than the
 const PARALLEL = 6; // series requests in flight per page
 const BATCH_FROM = 8; // more runs than this: their series in batched reads (GET /api/v1/series)
 const BATCH = 100;
+const LIVE_EVERY_FRAME = 20; // up to this many runs, live points are drawn in the next frame
 
 function chunks(list, n) {
   const out = [];
@@ -179,6 +180,9 @@ export function mount(ctx) {
       chart.setData(data);
       box.dataset.smooth = String(smooth);
     });
+    // Live points of many runs: one re-join and redraw of every line a second, not every frame
+    // (100 runs' join and draw is tens of ms; bench/dashboard.py measured 80% of frames busy).
+    c.liveRedraw = ids.length > LIVE_EVERY_FRAME ? frameThrottle(c.redraw, 1000) : c.redraw;
     charts.set(m, c);
     // Many runs: fewer points each (the chart has only so many pixels), a few requests at a time.
     const width = Math.max(200, Math.round(chart.width() / (ids.length > 20 ? 2 : 1)));
@@ -221,7 +225,7 @@ export function mount(ctx) {
       s.xs.push(x);
       s.ys.push(numOrNull(slot.v[i]));
     }
-    c.redraw();
+    c.liveRedraw();
   }
 
   // --- summary table ---
