@@ -9,7 +9,10 @@ upload of ./outputs, the final status from the exit code) is the reporter's
 (ingest/submit.py), so a target only knows how to start and watch a process.
 
 `LocalCompute` runs jobs as child processes of this one, at most `slots` at
-a time; the rest wait in submission order (their runs show Queued).
+a time on the machine; the rest wait in submission order (their runs show
+Queued). Several processes submitting to the same target (two shells running
+`runstream submit`) share its slots through `SlotFiles`: a ticket per job and a
+lock file per slot under $RUNSTREAM_HOME/compute/<target>.
 
 A remote target (Slurm, Kubernetes, Ray...) implements `ComputeTarget`:
 `submit(job)` hands the job over and returns at once (e.g. `sbatch` a script
@@ -25,17 +28,21 @@ returns the target. A name with no target is a local one.
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import os
 import signal
 import subprocess
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import IO, Protocol
+
+from runstream.ingest.spool import _alive
 
 log = logging.getLogger("runstream.client")
 
@@ -76,6 +83,58 @@ class ComputeTarget(Protocol):
         """Stop the job: drop it if it waits, signal it (SIGTERM) if it runs."""
 
 
+class SlotFiles:
+    """A target's slots shared by the processes of one machine (one RUNSTREAM_HOME).
+
+    A job takes a ticket (a file named by submission time) when it is submitted; the
+    oldest ticket of a live process may take a free slot (an flock on slot-<i>.lock, which
+    the kernel releases if the process dies), so jobs start in submission order across
+    processes. Waiting polls every POLL_S: processes have no condition to wait on."""
+
+    POLL_S = 0.1
+
+    def __init__(self, folder: Path, slots: int) -> None:
+        self.folder = folder
+        self.slots = slots
+        (folder / "tickets").mkdir(parents=True, exist_ok=True)
+
+    def ticket(self, job_id: str) -> Path:
+        path = self.folder / "tickets" / f"{time.time_ns():020d}-{os.getpid()}-{job_id}"
+        path.touch()
+        return path
+
+    def _head(self) -> Path | None:
+        for path in sorted((self.folder / "tickets").iterdir()):
+            try:
+                pid = int(path.name.split("-")[1])
+            except (IndexError, ValueError):
+                pid = -1
+            if pid == os.getpid() or (pid > 0 and _alive(pid)):
+                return path
+            path.unlink(missing_ok=True)  # its process is gone
+        return None
+
+    def acquire(self, ticket: Path, canceled: Callable[[], bool]) -> IO[bytes]:
+        """Block until `ticket` is the oldest and a slot is free; the slot's open lock file
+        (close it to release). _Canceled if `canceled()` turns true meanwhile."""
+        try:
+            while True:
+                if canceled():
+                    raise _Canceled
+                if self._head() == ticket:
+                    for i in range(self.slots):
+                        lock = open(self.folder / f"slot-{i}.lock", "ab")  # noqa: SIM115 - held while the job runs
+                        try:
+                            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        except OSError:
+                            lock.close()
+                            continue
+                        return lock
+                time.sleep(self.POLL_S)
+        finally:
+            ticket.unlink(missing_ok=True)
+
+
 class LocalCompute:
     """Jobs as child processes of this process, `slots` at a time, in submission order."""
 
@@ -88,7 +147,14 @@ class LocalCompute:
         self._active: set[int] = set()  # id(job) of the running ones
         self._running: dict[int, Job] = {}
         self._threads: list[threading.Thread] = []
+        self._tickets: dict[int, tuple[SlotFiles, Path]] = {}
         atexit.register(self.wait_all)
+
+    def _slot_files(self, job: Job) -> SlotFiles:
+        # The machine's state folder is the job's RUNSTREAM_HOME (ingest/childenv.py sets it).
+        home = Path(job.env.get("RUNSTREAM_HOME") or ".runstream").resolve()
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.name)
+        return SlotFiles(home / "compute" / safe, self.slots)
 
     @property
     def queued(self) -> int:
@@ -101,7 +167,9 @@ class LocalCompute:
             return len(self._active)
 
     def submit(self, job: Job) -> None:
+        slots = self._slot_files(job)
         with self._lock:
+            self._tickets[id(job)] = (slots, slots.ticket(job.run_id))  # in order, under the lock
             self._waiting.append(job)
             self._start_ready()
 
@@ -110,6 +178,9 @@ class LocalCompute:
             job.canceled = True
             if job in self._waiting:
                 self._waiting.remove(job)
+                _, ticket = self._tickets.pop(id(job), (None, None))
+                if ticket is not None:
+                    ticket.unlink(missing_ok=True)
                 dropped = True
             else:
                 dropped = False
@@ -147,7 +218,11 @@ class LocalCompute:
     # --- a job's thread ---
     def _run(self, job: Job) -> None:
         code = -1
+        lock: IO[bytes] | None = None
         try:
+            with self._lock:
+                slots, ticket = self._tickets.pop(id(job))
+            lock = slots.acquire(ticket, lambda: job.canceled)  # the machine-wide slot, in ticket order
             job.reporter.running()
             with self._lock:
                 if job.canceled:
@@ -170,6 +245,8 @@ class LocalCompute:
             job.reporter.output("stderr", f"runstream: could not start {job.command[0]!r}: {exc}")
             code = 127
         finally:
+            if lock is not None:
+                lock.close()  # the slot is free for the next ticket, here or in another process
             try:
                 job.reporter.exited(code)
             finally:

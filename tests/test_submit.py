@@ -317,3 +317,34 @@ def test_a_process_that_submits_and_exits_waits_for_its_run_which_ends_with_its_
     assert "outputs/result.txt" in files and "snapshot.zip" in files, files
     assert httpx.get(f"{settings.api}/api/v1/runs/{run_id}/files/outputs/result.txt", timeout=10).text == "42"
     assert details["error"] is None
+
+
+def test_two_shells_submitting_to_a_one_slot_target_share_its_slot_in_order(tmp_path: Path, client_env: Settings) -> None:
+    settings = client_env
+    src = tmp_path / "shells"
+    src.mkdir()
+    (src / "wait.py").write_text(WAIT_FOR_FILE)
+    target = f"shared-{uuid.uuid4().hex[:6]}"
+    env = child_env(settings, {"PYTHONPATH": str(ROOT), "RUNSTREAM_LOCAL_SLOTS": "1"})
+    gos = [tmp_path / "go-0", tmp_path / "go-1"]
+    ids = []
+    try:
+        for i, go in enumerate(gos):  # two detached supervisors: two processes, one slot between them
+            cli = [sys.executable, "-m", "runstream.cli", "submit", "--experiment", "submit-shells", "--compute", target, "--name", f"shell-{i}"]
+            done = subprocess.run([*cli, "wait.py", str(go)], cwd=src, env=env, capture_output=True, text=True, timeout=60)
+            assert done.returncode == 0, done.stderr
+            ids.append(done.stdout.strip())
+            if i == 0:  # the first takes the slot before the second is submitted
+                wait_until(lambda: _details(settings, ids[0]).get("status") == "Running", 60, what="the first running")
+
+        def statuses() -> list[str]:
+            return [_details(settings, run_id).get("status", "") for run_id in ids]
+
+        wait_until(lambda: statuses() == ["Running", "Queued"], 60, what="the second queued behind the first")
+        gos[0].touch()
+        wait_until(lambda: statuses() == ["Completed", "Running"], 60, what="the second running once the first ended")
+        gos[1].touch()
+        wait_until(lambda: statuses() == ["Completed", "Completed"], 60, what="both completed")
+    finally:
+        for go in gos:
+            go.touch()
