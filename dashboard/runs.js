@@ -344,8 +344,12 @@ export function mount(ctx) {
     }).catch((e) => put(body, h("tr", h("td.msg.error", { colSpan: colCount() }, `Could not load the runs: ${e.message}`))));
     return { el: t, ready };
   }
-  // live rows re-render at most 4 times a second, in an animation frame, touching only changed text
-  const flush = frameThrottle(() => {
+  // live rows re-render at most 4 times a second (once a second beyond 50 rows: each text change in
+  // a big table lays the table out again), in an animation frame, touching only changed text
+  const flushSmall = frameThrottle(() => flushRows(), 250);
+  const flushBig = frameThrottle(() => flushRows(), 1000);
+  const flush = () => (rows.size > 50 ? flushBig() : flushSmall());
+  const flushRows = (() => {
     if (disposed) return;
     const now = Date.now() / 1000;
     for (const r of rows.values()) {
@@ -359,7 +363,7 @@ export function mount(ctx) {
       // a row built before the metric columns changed has fewer cells until the reload redraws it
       state.metrics.forEach((m, i) => STATS.forEach((s, j) => { const c = r.mcells[i]?.[j]; if (c) setText(c, fmtNum(r.run.metrics?.[m]?.[s] ?? null)); }));
     }
-  }, 250);
+  });
 
   // --- paging & selection ---
   function renderPager() {
