@@ -120,8 +120,6 @@ def storage_error(exc: BaseException) -> StorageError:
     return StorageError(f"{type(exc).__name__}: {exc}", transient=is_transient(exc))
 
 
-
-
 def _make_client(dsn: str) -> Client:
     if dsn.startswith("chdb://"):
         path = dsn[len("chdb://") :]
