@@ -11,7 +11,7 @@ the page cannot); after that the page's own WebSocket to the api's /ws feeds
 it, so it updates without re-running the cell and without polling. Charts are
 drawn with the package's own uPlot (runstream/dashboard/vendor).
 
-Built on anywidget (`pip install anywidget`): one ES module and its traits,
+Built on anywidget (`pip install 'runstream[notebook]'`): one ES module and its traits,
 rendered by the same front end in JupyterLab, Notebook 7, VS Code and Colab,
 with no JupyterLab extension to build per version (ipywidgets' custom widgets
 need one). The client install does not require it; RunDetails says what to
@@ -65,7 +65,7 @@ def _widget_class() -> Any:
         import anywidget
         import traitlets
     except ImportError:
-        raise ImportError("runstream.widgets needs anywidget: pip install anywidget") from None
+        raise ImportError("runstream.widgets needs anywidget: pip install 'runstream[notebook]'") from None
 
     esm, css = _assets()
 
