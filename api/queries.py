@@ -229,18 +229,28 @@ def get_series(
 MAX_SERIES_RUNS = 200
 
 
-def get_series_many(store: Store, project: str | None, run_ids: list[str], name: str, max_points: int) -> dict[str, Any]:
-    """One metric of many runs in one read (the compare page): each run's numeric points,
-    downsampled in the engine to at most max_points (largest triangle three buckets)."""
+def get_series_many(
+    store: Store, project: str | None, run_ids: list[str], name: str, max_points: int, from_step: int | None = None, to_step: int | None = None
+) -> dict[str, Any]:
+    """One metric of many runs in one read (the compare page): each run's numeric points in
+    [from_step, to_step] (both optional), downsampled in the engine to at most max_points
+    (largest triangle three buckets)."""
     if not run_ids:
         raise BadRequest("give runs")
     if len(run_ids) > MAX_SERIES_RUNS:
         raise BadRequest(f"at most {MAX_SERIES_RUNS} runs per request")
     params: dict[str, Any] = {"runs": run_ids, "metric": name, "n": max(3, int(max_points))}
+    steps = ""
+    if from_step is not None:
+        params["from"] = from_step
+        steps += " AND step >= {from:Int64}"
+    if to_step is not None:
+        params["to"] = to_step
+        steps += " AND step <= {to:Int64}"
     rows = store.query_rows(
         "SELECT run_id, count() AS n, largestTriangleThreeBuckets({n:UInt64})(toFloat64(step), value) AS pts FROM "
         f"(SELECT run_id, step, value FROM metric_points WHERE {_scope(project, params)} AND metric = {{metric:String}} "
-        "AND run_id IN {runs:Array(String)} AND isFinite(value)) GROUP BY run_id",
+        f"AND run_id IN {{runs:Array(String)}}{steps} AND isFinite(value)) GROUP BY run_id",
         params,
     )
     out = {}

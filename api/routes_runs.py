@@ -114,10 +114,12 @@ async def series_of_runs(
     metric: str,
     runs: str = Query(..., description=f"comma-separated run ids (at most {queries.MAX_SERIES_RUNS})"),
     max_points: int = Query(500, ge=3, le=100_000),
+    from_step: int | None = None,
+    to_step: int | None = None,
 ) -> dict[str, Any]:
-    """One metric of many runs in one read: each run's numeric points, downsampled to max_points."""
+    """One metric of many runs in one read: each run's numeric points (in [from_step, to_step]), downsampled to max_points."""
     ids = [r for r in runs.split(",") if r]
-    result: dict[str, Any] = await _call(request, queries.get_series_many, request.state.project, ids, metric, max_points)
+    result: dict[str, Any] = await _call(request, queries.get_series_many, request.state.project, ids, metric, max_points, from_step, to_step)
     return result
 
 

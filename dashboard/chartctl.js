@@ -9,7 +9,7 @@ import { color, createChart } from "./charts.js";
 import { h } from "./util.js";
 
 const SMOOTH_MAX = 0.99;
-const X_LABEL = { step: "step", rel: "relative time (s)", wall: "wall time" };
+export const X_LABEL = { step: "step", rel: "relative time (s)", wall: "wall time" };
 
 /** TensorBoard's smoothing: an EMA debiased at the start (weight 0 = the raw values); gaps stay gaps. */
 export function ema(ys, weight) {
@@ -62,7 +62,8 @@ function formatOverride(o) {
   return ["smooth", "y", "x"].filter((k) => o[k] != null).map((k) => `${k}:${o[k]}`).join(";");
 }
 
-function parseZoom(text) {
+/** "<from>..<to>" (the URL's zoom=) -> [from, to], or null. */
+export function parseZoom(text) {
   const m = /^(-?\d+)\.\.(-?\d+)$/.exec(text || "");
   if (!m) return null;
   const a = Number(m[1]);

@@ -1,9 +1,9 @@
 // Compare page: overlaid metric charts (one series per run, any number of runs), summary table,
 // grouped mean ± std, images side by side (compare_images.js); #/compare?experiment=<name> is the
 // sweep view of an experiment (sweep.js).
-import { api, live, numOrNull } from "./api.js";
+import { api, get, live, numOrNull } from "./api.js";
 import { color, createChart, joinSeries } from "./charts.js";
-import { ema } from "./chartctl.js";
+import { X_LABEL, ema, parseZoom } from "./chartctl.js";
 import { imagesSection } from "./compare_images.js";
 import { mountSweep } from "./sweep.js";
 import { clear, put, fmtNum, frameThrottle, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
@@ -69,24 +69,41 @@ export function mount(ctx) {
 
   const runsBar = h("div.run-legend");
   const metricPicker = h("div.metric-toggle");
-  // Page-wide chart controls (chartctl.js draws the run page's): smoothing and y scale, a shared cursor.
+  // Page-wide chart controls (chartctl.js draws the run page's): smoothing with the raw lines faint
+  // behind, y scale, x as step / relative time / wall time, a shared cursor, drag-zoom to a step range.
   let smooth = Math.min(0.99, Math.max(0, Number(p.get("smooth")) || 0));
   let yLog = p.get("y") === "log";
+  let xAxis = ["rel", "wall"].includes(p.get("x")) ? p.get("x") : "step";
+  let zoom = parseZoom(p.get("zoom"));
   const syncKey = `rs-compare-${Math.random().toString(36).slice(2, 8)}`;
   const smoothIn = h("input", { type: "range", min: 0, max: 0.99, step: 0.01, value: smooth, "aria-label": "smoothing",
     oninput: () => { smooth = Number(smoothIn.value); smoothOut.textContent = smooth.toFixed(2); syncUrl(); for (const c of charts.values()) c.redraw(); } });
   const smoothOut = h("output.smooth-val", smooth.toFixed(2));
-  const ySel = h("select", { "aria-label": "y scale", onchange: () => {
-    yLog = ySel.value === "log";
-    syncUrl();
-    for (const c of charts.values()) { c.chart.destroy(); c.el.remove(); }
-    charts.clear();
-    renderCharts();
-  } }, h("option", { value: "lin" }, "linear"), h("option", { value: "log" }, "log"));
+  const ySel = h("select", { "aria-label": "y scale", onchange: () => { yLog = ySel.value === "log"; syncUrl(); rebuildCharts(); } },
+    h("option", { value: "lin" }, "linear"), h("option", { value: "log" }, "log"));
   ySel.value = yLog ? "log" : "lin";
+  const xSel = h("select", { "aria-label": "x axis", onchange: () => { xAxis = xSel.value; syncUrl(); rebuildCharts(); } },
+    h("option", { value: "step" }, "step"), h("option", { value: "rel" }, "relative time"), h("option", { value: "wall" }, "wall time"));
+  xSel.value = xAxis;
+  const zoomBtn = h("button.small", { type: "button", onclick: () => setZoom(null) }, "Reset zoom");
+  const zoomInfo = h("span.muted.zoom-info");
   const controls = h("div.chart-controls",
     h("label.field", h("span", "Smoothing"), h("div.inline", smoothIn, smoothOut)),
-    h("label.field", h("span", "Y"), ySel));
+    h("label.field", h("span", "Y"), ySel),
+    h("label.field", h("span", "X"), xSel),
+    h("div.field", h("span", "Zoom"), h("div.inline", zoomBtn, zoomInfo)));
+  function renderZoomInfo() {
+    zoomBtn.hidden = !zoom;
+    zoomInfo.textContent = zoom ? `steps ${zoom[0]}–${zoom[1]}` : "drag on a chart";
+  }
+  renderZoomInfo();
+  /** Zoom the page to steps [from, to] (null: back): every chart re-reads its runs' points in the range. */
+  function setZoom(z) {
+    zoom = z;
+    renderZoomInfo();
+    syncUrl();
+    rebuildCharts();
+  }
   const notice = h("div");
   const summaryBox = h("div.card.table-card", h("p.muted.pad", "Loading summary…"));
   const chartsGrid = h("div.charts");
@@ -108,6 +125,8 @@ export function mount(ctx) {
     if (explicitMetrics || metrics.length) q.set("metrics", metrics.join(","));
     if (smooth) q.set("smooth", String(smooth));
     if (yLog) q.set("y", "log");
+    if (xAxis !== "step") q.set("x", xAxis);
+    if (zoom) q.set("zoom", `${zoom[0]}..${zoom[1]}`);
     ctx.setQuery(q);
   }
 
@@ -147,14 +166,22 @@ export function mount(ctx) {
   }
 
   // --- overlaid charts ---
+  function dropChart(m) {
+    const c = charts.get(m);
+    c.dead = true;
+    c.chart.destroy();
+    c.el.remove();
+    charts.delete(m);
+  }
+
+  /** Every chart again (a new y scale, x axis or zoom): its runs' series are read afresh. */
+  function rebuildCharts() {
+    for (const m of [...charts.keys()]) dropChart(m);
+    renderCharts();
+  }
+
   function renderCharts() {
-    for (const [m, c] of charts) {
-      if (!metrics.includes(m)) {
-        c.chart.destroy();
-        c.el.remove();
-        charts.delete(m);
-      }
-    }
+    for (const m of [...charts.keys()]) if (!metrics.includes(m)) dropChart(m);
     for (const m of metrics) if (!charts.has(m)) addChart(m);
     // keep DOM in metric order
     for (const m of metrics) chartsGrid.append(charts.get(m).el);
@@ -170,14 +197,44 @@ export function mount(ctx) {
       desc ? h("p.desc", { title: desc }, desc) : null, box, h("footer", sub));
     chartsGrid.append(el);
     const withMetric = ids.filter((id) => runs.get(id)?.metrics?.[m] || !runs.get(id));
-    const chart = createChart(box, { series: ids.map((id) => ({ label: runs.get(id)?.name || id, color: colorOf(id) })), height: 220, legend: ids.length <= LEGEND_RUNS, yLog, syncKey });
-    const per = new Map(ids.map((id) => [id, { xs: [], ys: [], lastRest: -Infinity, loaded: false, queue: [] }]));
-    const c = { chart, per, el, sub };
+    const per = new Map(ids.map((id) => [id, { xs: [], ys: [], ts: [], lastRest: -Infinity, loaded: false, queue: [] }]));
+    const c = { chart: null, smoothed: null, per, el, sub, shown: [], dead: false };
+    const label = (id) => runs.get(id)?.name || id;
+    // Smoothed: every run's raw line faint (drawn first, so behind all the smoothed ones), then the smoothed lines.
+    const build = () => {
+      c.chart?.destroy();
+      box.replaceChildren();
+      c.smoothed = smooth > 0;
+      const lines = ids.map((id) => ({ label: label(id), color: colorOf(id) }));
+      c.chart = createChart(box, {
+        series: c.smoothed ? [...ids.map((id) => ({ label: `${label(id)} (raw)`, color: colorOf(id), faint: true })), ...lines] : lines,
+        xLabel: X_LABEL[xAxis], height: 220, legend: ids.length <= LEGEND_RUNS, yLog, xTime: xAxis === "wall", syncKey,
+        onSelect: (lo, hi) => selected(c, lo, hi),
+      });
+      c.chart.plot.over.addEventListener("dblclick", () => { if (zoom) setZoom(null); });
+      box.dataset.x = xAxis;
+    };
+    build();
+    const chart = c.chart;
     c.redraw = rafThrottle(() => {
-      let data = joinSeries(ids.map((id) => [per.get(id).xs, per.get(id).ys]));
-      if (yLog) data = [data[0], ...data.slice(1).map((ys) => ys.map((v) => (v != null && v > 0 ? v : null)))];
-      if (smooth > 0) data = [data[0], ...data.slice(1).map((ys) => ema(ys, smooth))];
-      chart.setData(data);
+      if (c.dead) return;
+      if ((smooth > 0) !== c.smoothed) build();
+      // Each run's line on its own x (steps, or its points' times), smoothed on its own points, then joined.
+      const raw = [];
+      const shown = [];
+      for (const id of ids) {
+        const s = per.get(id);
+        let x = s.xs;
+        if (xAxis !== "step") {
+          const t0 = xAxis === "rel" ? (runs.get(id)?.created_at ?? s.ts[0] ?? 0) : 0;
+          x = s.ts.length === s.xs.length ? s.ts.map((t) => t - t0) : [];
+        }
+        const ys = x.length ? (yLog ? s.ys.map((v) => (v != null && v > 0 ? v : null)) : s.ys) : [];
+        raw.push([x, ys]);
+        shown.push([x, x.length ? s.xs : []]);
+      }
+      c.shown = shown;
+      c.chart.setData(joinSeries(smooth > 0 ? [...raw, ...raw.map(([x, ys]) => [x, ema(ys, smooth)])] : raw));
       box.dataset.smooth = String(smooth);
     });
     // Live points of many runs: one re-join and redraw of every line a second, not every frame
@@ -185,22 +242,26 @@ export function mount(ctx) {
     c.liveRedraw = ids.length > LIVE_EVERY_FRAME ? frameThrottle(c.redraw, 1000) : c.redraw;
     charts.set(m, c);
     // Many runs: fewer points each (the chart has only so many pixels), a few requests at a time.
-    const width = Math.max(200, Math.round(chart.width() / (ids.length > 20 ? 2 : 1)));
+    // Zoomed: the range at the chart's width, full resolution once the range has fewer points.
+    const width = zoom ? Math.max(200, chart.width()) : Math.max(200, Math.round(chart.width() / (ids.length > 20 ? 2 : 1)));
+    const range = zoom ? { from_step: zoom[0], to_step: zoom[1] } : {};
+    if (zoom) box.dataset.zoom = "loading";
     let failed = 0;
     const took = (id, r) => {
       const s = per.get(id);
       s.xs = r.steps.slice();
       s.ys = r.values.map(numOrNull);
+      s.ts = r.timestamps?.length === r.steps.length ? r.timestamps.slice() : [];
       s.lastRest = s.xs.length ? s.xs[s.xs.length - 1] : -Infinity;
       s.loaded = true;
       for (const slot of s.queue) appendPoints(c, id, slot);
       s.queue = [];
     };
-    // A few runs: one request each (text values and times included). Many: GET /series, BATCH runs
-    // per request, drawn as each batch arrives.
-    const reads = withMetric.length <= BATCH_FROM
-      ? withMetric.map((id) => fetchSeries(() => api.series(id, m, { max_points: width })).then((r) => took(id, r)).catch((e) => { if (e.status !== 404) failed++; }))
-      : chunks(withMetric, BATCH).map((part) => fetchSeries(() => api.seriesOfRuns(m, part, width)).then((r) => {
+    // A few runs, or time on x: one request each (text values and times included). Many: GET /series,
+    // BATCH runs per request, drawn as each batch arrives.
+    const reads = withMetric.length <= BATCH_FROM || xAxis !== "step"
+      ? withMetric.map((id) => fetchSeries(() => api.series(id, m, { max_points: width, ...range })).then((r) => took(id, r)).catch((e) => { if (e.status !== 404) failed++; }))
+      : chunks(withMetric, BATCH).map((part) => fetchSeries(() => get("/series", { metric: m, runs: part, max_points: width, ...range })).then((r) => {
         for (const id of part) {
           if (r.runs[id]) took(id, r.runs[id]);
           else { per.get(id).loaded = true; }
@@ -211,17 +272,38 @@ export function mount(ctx) {
       if (disposed) return;
       const have = ids.filter((id) => per.get(id).xs.length).length;
       sub.textContent = `${have} of ${ids.length} runs${failed ? ` · ${failed} failed to load` : ""}`;
+      if (zoom) box.dataset.zoom = `${zoom[0]}..${zoom[1]}`;
       c.redraw();
     });
   }
 
+  /** A drag selected [lo, hi] in x units: zoom the page to the steps of the points inside (any run's). */
+  function selected(c, lo, hi) {
+    if (xAxis === "step") {
+      const a = Math.ceil(lo);
+      const b = Math.floor(hi);
+      if (b > a) setZoom([a, b]);
+      return;
+    }
+    let a = Infinity;
+    let b = -Infinity;
+    for (const [xs, steps] of c.shown) {
+      for (let i = 0; i < xs.length; i++) {
+        if (xs[i] >= lo && xs[i] <= hi) { a = Math.min(a, steps[i]); b = Math.max(b, steps[i]); }
+      }
+    }
+    if (b > a) setZoom([a, b]);
+  }
+
   function appendPoints(c, id, slot) {
+    if (zoom) return; // while zoomed, live points are not added (as on the run page)
     const s = c.per.get(id);
     if (!s.loaded) { s.queue.push(slot); return; }
     for (let i = 0; i < slot.s.length; i++) {
       const x = slot.s[i];
       if (x <= s.lastRest) continue;
       if (s.xs.length && x <= s.xs[s.xs.length - 1]) continue; // keep x strictly increasing for the join
+      if (s.ts.length === s.xs.length) s.ts.push(slot.t?.[i] ?? Date.now() / 1000);
       s.xs.push(x);
       s.ys.push(numOrNull(slot.v[i]));
     }
@@ -368,11 +450,8 @@ export function mount(ctx) {
   let images = null; // compare_images.js, re-read when a run reports new files
   const imagesSoon = throttle(() => !disposed && images?.reload(), 2000);
   const refetchChart = throttle((m) => {
-    const c = charts.get(m);
-    if (!c) return;
-    c.chart.destroy();
-    c.el.remove();
-    charts.delete(m);
+    if (!charts.has(m)) return;
+    dropChart(m);
     renderCharts();
   }, 2000);
 
@@ -401,7 +480,7 @@ export function mount(ctx) {
     disposed = true;
     images?.cleanup();
     for (const u of unsubs) u();
-    for (const c of charts.values()) c.chart.destroy();
+    for (const m of [...charts.keys()]) dropChart(m);
     aggChart?.destroy();
   };
 }

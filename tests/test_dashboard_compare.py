@@ -157,12 +157,16 @@ def test_sweep_brushing_compare_many_and_images(stack: Stack, settings: Settings
         page.fill("input[aria-label=smoothing]", "0.8")
         page.dispatch_event("input[aria-label=smoothing]", "input")
         page.wait_for_function("() => document.querySelector('.compare-page .chart[data-metric=\"mse\"]').dataset.smooth === '0.8'")
-        smoothed = page.evaluate("document.querySelector('.compare-page .chart[data-metric=\"mse\"]')._plot.data[1]")
+        # each run's raw line stays, faint, in series 1..N; the smoothed lines follow
+        page.wait_for_function(f"() => document.querySelector('.compare-page .chart[data-metric=\"mse\"]')._plot.data.length === {2 * N_RUNS + 1}")
+        mse_data = "document.querySelector('.compare-page .chart[data-metric=\"mse\"]')._plot.data"
+        faint, smoothed = page.evaluate(f"(() => {{ const d = {mse_data}; return [d[1], d[{N_RUNS + 1}]]; }})()")
+        assert faint == raw
         assert len(smoothed) == len(raw) and smoothed[0] == raw[0] and smoothed[-1] != raw[-1]
         page.select_option("select[aria-label='y scale']", "log")
         page.wait_for_function(
             "() => { const u = document.querySelector('.compare-page .chart[data-metric=\"mse\"]')?._plot; "
-            f"return u && u.scales.y.distr === 3 && u.series.length === {N_RUNS + 1} && u.data.slice(1).every(s => s.some(v => v != null)); }}"
+            f"return u && u.scales.y.distr === 3 && u.series.length === {2 * N_RUNS + 1} && u.data.slice(1).every(s => s.some(v => v != null)); }}"
         )
         assert "smooth=0.8" in page.evaluate("location.hash") and "y=log" in page.evaluate("location.hash")
         page.select_option("select[aria-label='aggregate over']", "runs")
