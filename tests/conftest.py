@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import threading
 import time
@@ -35,6 +36,17 @@ from runstream.processor.consumer import Processor
 from runstream.storage.store import Store, get_store
 
 T = TypeVar("T")
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]  # the browser tests' Chromium (Debian's; Playwright's own download does not work here)
 
 # Runs started by tests must not tee pytest's own streams; test_capture turns it on explicitly.
 os.environ["RUNSTREAM_CAPTURE_OUTPUT"] = "0"
@@ -68,6 +80,21 @@ def wait_until(predicate: Callable[[], Any], timeout: float = 30.0, interval: fl
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last value: {last!r})")
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Chromium through Playwright's sync API, per module (the API holds the thread's event loop while it runs)."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Chromium is not installed (make chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,12 +6,10 @@ Drives Debian's Chromium through Playwright against the session stack.
 from __future__ import annotations
 
 import math
-import shutil
 import struct
 import threading
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +22,6 @@ from tests.conftest import Stack
 # The subject is not storage: the embedded engine is enough (tests/conftest.py).
 pytestmark = [pytest.mark.one_engine, pytest.mark.browser]
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 # Endpoints another change adds; until they land the dashboard shows a message and
 # Chromium logs the 404 as a failed resource, which is not a dashboard error.
 OPTIONAL_ENDPOINTS = ("/api/v1/compare", "/api/v1/aggregate")
@@ -52,20 +40,6 @@ def _png(width: int = 96, height: int = 64) -> bytes:
         + chunk(b"IDAT", zlib.compress(raw))
         + chunk(b"IEND", b"")
     )
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (make chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 class Console:
@@ -89,7 +63,7 @@ def _points(page: Any, metric: str) -> int:
     return int(page.get_attribute(f'.chart[data-metric="{metric}"]', "data-points") or 0)
 
 
-def test_dashboard_live_run_page_runs_list_and_compare(stack: Stack, settings: Settings, browser: Any, test_output: Path) -> None:
+def test_dashboard_live_run_page_runs_list_and_compare(stack: Stack, settings: Settings, chromium: Any, test_output: Path) -> None:
     exp_name = f"browser-{uuid.uuid4().hex[:6]}"
     exp = Experiment(exp_name, settings=settings)
     evil = '<img src=x onerror="window.__xss=1">'
@@ -114,7 +88,7 @@ def test_dashboard_live_run_page_runs_list_and_compare(stack: Stack, settings: S
     child.complete()
     assert run.get_metrics()["loss"][29] is not None  # everything above is stored
 
-    context = browser.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
+    context = chromium.new_context(viewport={"width": 1440, "height": 1000}, device_scale_factor=1)
     page = context.new_page()
     page.set_default_timeout(20_000)
     console = Console(page)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,25 +15,11 @@ import pytest
 from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Console
+from tests.test_browser import Console
 
 pytestmark = [pytest.mark.one_engine, pytest.mark.browser]
 
 STEPS = 2000
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (make chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _plot(page: Any, metric: str, expr: str) -> Any:

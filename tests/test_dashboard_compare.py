@@ -9,7 +9,6 @@ import re
 import struct
 import uuid
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +18,11 @@ import pytest
 from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Console
+from tests.test_browser import Console
 
 pytestmark = [pytest.mark.one_engine, pytest.mark.browser]
 
 N_RUNS = 24
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (make chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _png(path: Path, shade: int) -> Path:

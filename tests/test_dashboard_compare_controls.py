@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ import pytest
 from runstream import Experiment
 from runstream.config import Settings
 from tests.conftest import Stack
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Console
+from tests.test_browser import Console
 
 pytestmark = [pytest.mark.one_engine, pytest.mark.browser]
 
@@ -26,20 +25,6 @@ N_RUNS = 10  # more than 8: the page reads the runs' series in batches (GET /api
 STEPS = 1500  # more points than the chart has pixels: downsampled until zoomed
 
 CHART = '.compare-page .chart[data-metric="loss"]'
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (make chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def _plot(page: Any, expr: str) -> Any:

@@ -16,23 +16,9 @@ from runstream import Experiment
 from runstream.api.app import create_app, listen_socket, server_config
 from runstream.keys import KeyStore
 from tests.conftest import Stack, free_port, wait_until
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Console
+from tests.test_browser import Console
 
 pytestmark = [pytest.mark.one_engine, pytest.mark.browser]
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Chromium is not installed (make chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture()

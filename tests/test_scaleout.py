@@ -139,9 +139,10 @@ def value(step: int, metric: int) -> float:
 class TrainingLoop(threading.Thread):
     """Logs step after step of every run at a steady pace until stopped."""
 
-    def __init__(self, runs: list[Run]) -> None:
+    def __init__(self, runs: list[Run], steps_per_second: float = STEPS_PER_SECOND) -> None:
         super().__init__(name="training-loop", daemon=True)
         self.runs = runs
+        self.steps_per_second = steps_per_second
         self.steps = 0  # steps logged for every run
         self.error: BaseException | None = None
         self._halt = threading.Event()
@@ -153,7 +154,7 @@ class TrainingLoop(threading.Thread):
                 for run in self.runs:
                     run.log_metrics({name: value(self.steps, j) for j, name in enumerate(METRICS)}, step=self.steps)
                 self.steps += 1
-                self._halt.wait(max(0.0, start + self.steps / STEPS_PER_SECOND - time.monotonic()))  # the pace of training
+                self._halt.wait(max(0.0, start + self.steps / self.steps_per_second - time.monotonic()))  # the pace of training
         except BaseException as exc:  # surfaced by finish()
             self.error = exc
 

@@ -13,7 +13,8 @@ import pytest
 from runstream import Experiment, ScriptRunConfig
 from runstream.config import Settings
 from runstream.ingest.compute import LocalCompute
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, Console
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.test_browser import Console
 from tests.test_submit import ROOT, WAIT_FOR_FILE
 
 pytestmark = [pytest.mark.one_engine, pytest.mark.browser]

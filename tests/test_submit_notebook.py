@@ -18,8 +18,7 @@ import pytest
 from runstream import Experiment
 from runstream.config import Settings
 from runstream.ingest.childenv import settings_env
-from tests.conftest import free_port, wait_until
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, free_port, wait_until
 
 # anywidget, jupyterlab, nbclient and ipykernel are not in pyproject's dev extra yet (see docs/submit.md).
 for _module in ("anywidget", "nbclient", "jupyterlab", "ipykernel"):

@@ -16,12 +16,10 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import clickhouse_connect
 import httpx
@@ -30,45 +28,12 @@ from websockets.sync.client import connect
 
 from runstream import Experiment
 from runstream.config import Settings
-from tests.conftest import free_port, new_settings, wait_until
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS, free_port, new_settings, wait_until
+from tests.test_scaleout import METRICS, TrainingLoop, value
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = 100
-METRICS = ("loss", "acc")
 STEPS_PER_SECOND = 20  # of every run: 100 runs x 2 metrics x 20 = 4,000 points/s
-
-
-def value(step: int, metric: int) -> float:
-    return step * 0.5 + metric
-
-
-class TrainingLoop(threading.Thread):
-    """Logs step after step of every run at a training job's pace until stopped."""
-
-    def __init__(self, runs: list[Any]) -> None:
-        super().__init__(name="training-loop", daemon=True)
-        self.runs = runs
-        self.steps = 0
-        self.error: BaseException | None = None
-        self._halt = threading.Event()
-
-    def run(self) -> None:
-        start = time.monotonic()
-        try:
-            while not self._halt.is_set():
-                for run in self.runs:
-                    run.log_metrics({name: value(self.steps, j) for j, name in enumerate(METRICS)}, step=self.steps)
-                self.steps += 1
-                self._halt.wait(max(0.0, start + self.steps / STEPS_PER_SECOND - time.monotonic()))
-        except BaseException as exc:  # surfaced by finish()
-            self.error = exc
-
-    def finish(self) -> int:
-        self._halt.set()
-        self.join(30)
-        assert not self.is_alive() and self.error is None, self.error
-        return self.steps
 
 
 # How each service is started: tests/test_compose.py checks docker-compose.yml runs the same.
@@ -224,7 +189,7 @@ def test_two_processors_and_two_apis_store_every_point_once_across_a_sigkill_and
         client = settings.with_(api=api_urls[0])
         exp = Experiment(experiment, settings=client)
         runs = [exp.start_logging(name=f"run-{i:03d}", params={"i": i}) for i in range(RUNS)]
-        loop = TrainingLoop(runs)
+        loop = TrainingLoop(runs, STEPS_PER_SECOND)
         loop.start()
         # Both processors store points (the 8 partitions are split between them), then one is killed.
         wait_until(lambda: all((processor_written(p) or 0) > 0 for p in metrics_ports), 60, what="both processors writing")
@@ -237,7 +202,6 @@ def test_two_processors_and_two_apis_store_every_point_once_across_a_sigkill_and
         steps = loop.finish()
         for run in runs:
             run.complete()
-            assert run.flush(60)
 
         expected = RUNS * steps * len(METRICS)
         storage = clickhouse_connect.get_client(dsn=database, autogenerate_session_id=False)
