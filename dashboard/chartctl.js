@@ -63,6 +63,23 @@ function formatOverride(o) {
 }
 
 /** "<from>..<to>" (the URL's zoom=) -> [from, to], or null. */
+/** The page-wide controls bar (smoothing, y, x, zoom), shared by the run and compare pages.
+ * `onReset` backs out of the zoom; `render(zoom)` shows the current step range. */
+export function controlsBar({ smoothIn, smoothOut, ySel, xSel, onReset }) {
+  const zoomBtn = h("button.small", { type: "button", onclick: onReset }, "Reset zoom");
+  const zoomInfo = h("span.muted.zoom-info");
+  const el = h("div.chart-controls",
+    h("label.field", h("span", "Smoothing"), h("div.inline", smoothIn, smoothOut)),
+    h("label.field", h("span", "Y"), ySel),
+    h("label.field", h("span", "X"), xSel),
+    h("div.field", h("span", "Zoom"), h("div.inline", zoomBtn, zoomInfo)));
+  function render(zoom) {
+    zoomBtn.hidden = !zoom;
+    zoomInfo.textContent = zoom ? `steps ${zoom[0]}–${zoom[1]}` : "drag on a chart";
+  }
+  return { el, render };
+}
+
 export function parseZoom(text) {
   const m = /^(-?\d+)\.\.(-?\d+)$/.exec(text || "");
   if (!m) return null;
@@ -133,18 +150,9 @@ export function createChartControls(ctx, { runId, metricNames }) {
   xOptions(xSel, false);
   if (![...xSel.options].some((o) => o.value === page.x)) xSel.append(h("option", { value: page.x }, page.x));
   xSel.value = page.x;
-  const zoomBtn = h("button.small", { type: "button", hidden: !zoom, onclick: () => setZoom(null) }, "Reset zoom");
-  const zoomInfo = h("span.muted.zoom-info");
-  const bar = h("div.chart-controls",
-    h("label.field", h("span", "Smoothing"), h("div.inline", smoothIn, smoothOut)),
-    h("label.field", h("span", "Y"), ySel),
-    h("label.field", h("span", "X"), xSel),
-    h("div.field", h("span", "Zoom"), h("div.inline", zoomBtn, zoomInfo)));
-
-  function renderZoomInfo() {
-    zoomBtn.hidden = !zoom;
-    zoomInfo.textContent = zoom ? `steps ${zoom[0]}–${zoom[1]}` : "drag on a chart";
-  }
+  const controls = controlsBar({ smoothIn, smoothOut, ySel, xSel, onReset: () => setZoom(null) });
+  const bar = controls.el;
+  const renderZoomInfo = () => controls.render(zoom);
   renderZoomInfo();
 
   function setZoom(z) {

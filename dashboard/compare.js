@@ -3,7 +3,7 @@
 // sweep view of an experiment (sweep.js).
 import { api, get, live, numOrNull } from "./api.js";
 import { color, createChart, joinSeries } from "./charts.js";
-import { X_LABEL, ema, parseZoom } from "./chartctl.js";
+import { X_LABEL, controlsBar, ema, parseZoom } from "./chartctl.js";
 import { imagesSection } from "./compare_images.js";
 import { mountSweep } from "./sweep.js";
 import { clear, put, fmtNum, frameThrottle, h, isNum, message, rafThrottle, setBadge, statusBadge, throttle } from "./util.js";
@@ -85,17 +85,9 @@ export function mount(ctx) {
   const xSel = h("select", { "aria-label": "x axis", onchange: () => { xAxis = xSel.value; syncUrl(); rebuildCharts(); } },
     h("option", { value: "step" }, "step"), h("option", { value: "rel" }, "relative time"), h("option", { value: "wall" }, "wall time"));
   xSel.value = xAxis;
-  const zoomBtn = h("button.small", { type: "button", onclick: () => setZoom(null) }, "Reset zoom");
-  const zoomInfo = h("span.muted.zoom-info");
-  const controls = h("div.chart-controls",
-    h("label.field", h("span", "Smoothing"), h("div.inline", smoothIn, smoothOut)),
-    h("label.field", h("span", "Y"), ySel),
-    h("label.field", h("span", "X"), xSel),
-    h("div.field", h("span", "Zoom"), h("div.inline", zoomBtn, zoomInfo)));
-  function renderZoomInfo() {
-    zoomBtn.hidden = !zoom;
-    zoomInfo.textContent = zoom ? `steps ${zoom[0]}–${zoom[1]}` : "drag on a chart";
-  }
+  const bar = controlsBar({ smoothIn, smoothOut, ySel, xSel, onReset: () => setZoom(null) });
+  const controls = bar.el;
+  const renderZoomInfo = () => bar.render(zoom);
   renderZoomInfo();
   /** Zoom the page to steps [from, to] (null: back): every chart re-reads its runs' points in the range. */
   function setZoom(z) {
