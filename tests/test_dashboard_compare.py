@@ -136,7 +136,8 @@ def test_sweep_brushing_compare_many_and_images(stack: Stack, settings: Settings
             f"() => {{ const u = document.querySelector('.compare-page .chart[data-metric=\"mse\"]')?._plot; "
             f"return u && u.series.length === {N_RUNS + 1} && u.data.slice(1).every(s => s.some(v => v != null)); }}"
         )
-        assert page.locator("table.summary tbody tr").count() == N_RUNS
+        # The summary is its own request, answered after or before the charts are drawn.
+        page.wait_for_function(f"() => document.querySelectorAll('table.summary tbody tr').length === {N_RUNS}")
         # the page's smoothing and log y apply to every run's line
         raw = page.evaluate("document.querySelector('.compare-page .chart[data-metric=\"mse\"]')._plot.data[1]")
         page.fill("input[aria-label=smoothing]", "0.8")
