@@ -35,14 +35,16 @@ def client_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-def gateway_producer(settings: Settings) -> AIOKafkaProducer:
+def gateway_producer(settings: Settings, linger_ms: int = 5) -> AIOKafkaProducer:
     """The api gateway's producer: idempotent, lz4 (HTTP clients are usually remote); the
-    gateway refuses an event that would not fit one request with RECORD_OVERHEAD_BYTES."""
+    gateway refuses an event that would not fit one request with RECORD_OVERHEAD_BYTES.
+    The MLflow api passes linger_ms=0: its clients send one call at a time and wait for it,
+    so a linger only adds to every call."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka,
         enable_idempotence=True,
         compression_type="lz4",
-        linger_ms=5,
+        linger_ms=linger_ms,
         max_request_size=MAX_EVENT_BYTES,
         max_batch_size=1024 * 1024,
     )

@@ -74,9 +74,8 @@ async def upload(request: Request, path: str) -> Response:
     return json_response({})
 
 
-@router.get(PREFIX + "/{path:path}")
-async def download(request: Request, path: str) -> Response:
-    c = await ctx(request)
+async def _existing_file(c: Ctx, path: str) -> Path:
+    """The stored file an artifact path names; 404 when there is none."""
     owner, rel, _, _ = await _locate(c, path)
     try:
         target = _store(c).open_path(c.project, owner, rel) if rel else None
@@ -84,6 +83,12 @@ async def download(request: Request, path: str) -> Response:
         raise invalid(str(exc)) from None
     if target is None:
         raise not_found(f"Artifact {path!r} not found")
+    return target
+
+
+@router.get(PREFIX + "/{path:path}")
+async def download(request: Request, path: str) -> Response:
+    target = await _existing_file(await ctx(request), path)
     return FileResponse(target, media_type=mimetypes.guess_type(target.name)[0] or "application/octet-stream")
 
 
@@ -112,13 +117,6 @@ async def list_artifacts(request: Request) -> Response:
 
 @router.delete(PREFIX + "/{path:path}")
 async def delete(request: Request, path: str) -> Response:
-    c = await ctx(request)
-    owner, rel, _, _ = await _locate(c, path)
-    try:
-        target = _store(c).open_path(c.project, owner, rel) if rel else None
-    except ValueError as exc:
-        raise invalid(str(exc)) from None
-    if target is None:
-        raise not_found(f"Artifact {path!r} not found")
+    target = await _existing_file(await ctx(request), path)
     target.unlink()
     return json_response({})

@@ -35,6 +35,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from runstream import kafka
 from runstream.api.mlflow.protocol import MlflowError, invalid
 from runstream.config import Settings
 from runstream.kafka import RECORD_OVERHEAD_BYTES
@@ -85,14 +86,7 @@ class Writer:
     async def producer(self) -> AIOKafkaProducer:
         async with self._lock:
             if self._producer is None:
-                producer = AIOKafkaProducer(
-                    bootstrap_servers=self.settings.kafka,
-                    enable_idempotence=True,
-                    compression_type="lz4",
-                    linger_ms=0,
-                    max_request_size=MAX_EVENT_BYTES,
-                    max_batch_size=1024 * 1024,
-                )
+                producer = kafka.gateway_producer(self.settings, linger_ms=0)
                 await producer.start()
                 self._producer = producer
             return self._producer
