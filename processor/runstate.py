@@ -52,12 +52,23 @@ class RunState:
             _dt(self.created_at),
             None if self.ended_at is None else _dt(self.ended_at),
             _dt(self.last_seen),
-            self.tags,
-            self.params,
-            self.descriptions,
-            self.meta,
+            # Copies: the next batch is prepared (and may set or remove tags) while this
+            # row waits for the ledger lane's insert (processor.consumer).
+            dict(self.tags),
+            dict(self.params),
+            dict(self.descriptions),
+            dict(self.meta),
             version,
         ]
+
+
+def apply_tags(tags: dict[str, str], changes: dict[str, str | None]) -> None:
+    """A `tags` event's changes, in order: a value sets its tag, null removes it (docs/events.md)."""
+    for key, value in changes.items():
+        if value is None:
+            tags.pop(key, None)
+        else:
+            tags[key] = value
 
 
 def _dt(ts: float) -> datetime:
@@ -81,7 +92,8 @@ def apply(state: RunState, event: dict[str, Any]) -> str | None:
         state.name = event.get("name") or state.name
         state.parent_id = event.get("parent") or state.parent_id
         state.created_at = min(state.created_at, ts) if state.created_at else ts
-        state.tags.update({k: v or "" for k, v in event.get("tags", {}).items()})
+        # A null tag value in a start is an absent tag: it neither sets nor removes one.
+        state.tags.update({k: v for k, v in event.get("tags", {}).items() if v is not None})
         state.params.update(event.get("params", {}))
         state.meta.update(event.get("meta") or {})
         if state.status not in TERMINAL_STATUSES:
@@ -99,7 +111,7 @@ def apply(state: RunState, event: dict[str, Any]) -> str | None:
         state.ended_at = ts if state.status in TERMINAL_STATUSES else None
         state.dirty = True
     elif kind == "tags":
-        state.tags.update({k: v or "" for k, v in event["tags"].items()})
+        apply_tags(state.tags, event["tags"])
         state.dirty = True
     elif kind == "params":
         state.params.update(event["params"])

@@ -56,7 +56,7 @@ KINDS = (
     "run_end",  # status (terminal), error
     "metrics",  # names, m, s, x, t, sv, nf, desc
     "table",  # name, row0, columns, desc
-    "tags",  # tags {key: value|null}
+    "tags",  # tags {key: value|null}; null removes the tag (docs/events.md)
     "params",  # params {key: scalar}
     "log",  # stream, lines, t
     "file",  # path, file_kind, size, content_type, uri, sha256

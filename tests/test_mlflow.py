@@ -138,7 +138,23 @@ def test_log_batch_of_1000_points_and_history_exactly_as_logged(tracking: Mlflow
     assert tracking.get_run(run_id).info.status == "FAILED"
 
 
-def test_tags_delete_restore_and_errors(tracking: MlflowClient) -> None:
+def test_tags_delete_restore_and_errors(tracking: MlflowClient, stack: Stack) -> None:
+    from websockets.sync.client import connect
+
+    from runstream import Experiment
+    from runstream.api.mlflow.reads import DELETED_TAG_VALUE
+
+    api = stack.api_url
+
+    def stored_tags(run_id: str) -> tuple[dict[str, str], dict[str, str]]:
+        """The run's tags from /api/v1/runs/{id} and from SQL over the runs view."""
+        got = httpx.get(f"{api}/api/v1/runs/{run_id}", timeout=30)
+        rest = got.json()["tags"] if got.status_code == 200 else {"(missing)": str(got.status_code)}
+        answer = httpx.post(f"{api}/api/v1/query", json={"sql": f"SELECT tags FROM runs WHERE run_id = '{run_id}'"}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        rows = answer.json()["rows"]
+        return rest, rows[0][0] if rows else {"(missing)": "no row"}
+
     experiment_id = tracking.create_experiment(_name("lifecycle"), tags={"owner": "me"})
     with pytest.raises(MlflowException) as err:
         tracking.create_experiment(tracking.get_experiment(experiment_id).name)
@@ -146,11 +162,65 @@ def test_tags_delete_restore_and_errors(tracking: MlflowClient) -> None:
     assert tracking.get_experiment(experiment_id).tags == {"owner": "me"}
     run_id = tracking.create_run(experiment_id).info.run_id
     tracking.set_tag(run_id, "temp", "1")
-    tracking.delete_tag(run_id, "temp")
+    tracking.set_tag(run_id, "keep", "yes")
+    assert tracking.get_run(run_id).data.tags["temp"] == "1"  # read-after-write: stored once this returns
+    assert all(tags["temp"] == "1" for tags in stored_tags(run_id))
+    with connect(api.replace("http://", "ws://") + "/ws", open_timeout=10) as ws:
+        ws.send(json.dumps({"subscribe": {"run": run_id}}))
+        seen: list[dict[str, Any]] = []
+
+        def recv_until(predicate: Any) -> None:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                msg = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+                for item in msg["updates"] if msg.get("type") == "updates" else [msg]:
+                    seen.append(item)
+                    if predicate(item):
+                        return
+            raise AssertionError(f"no such message; got {seen[-3:]}")
+
+        recv_until(lambda m: m.get("type") == "snapshot")
+        tracking.delete_tag(run_id, "temp")
+
+        # A live subscriber is told the run row changed (sent once that row is stored); the
+        # dashboard's run page then rereads the run, and the row it reads lacks the tag (an
+        # update of the earlier set-tag may still arrive first: then the tag is still there).
+        def reread_lacks_temp(m: dict[str, Any]) -> bool:
+            if not (m.get("type") == "update" and m.get("run") == run_id and m.get("meta")):
+                return False
+            tags = httpx.get(f"{api}/api/v1/runs/{run_id}", timeout=30).json()["tags"]
+            return "temp" not in tags and tags["keep"] == "yes"
+
+        recv_until(reread_lacks_temp)
     assert "temp" not in tracking.get_run(run_id).data.tags
+    for tags in stored_tags(run_id):  # removed, not stored as a marker
+        assert "temp" not in tags and tags["keep"] == "yes" and DELETED_TAG_VALUE not in tags.values()
     with pytest.raises(MlflowException) as err:
         tracking.delete_tag(run_id, "temp")
     assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    tracking.set_tag(run_id, "temp", "2")  # a deleted tag can be set again
+    assert tracking.get_run(run_id).data.tags["temp"] == "2"
+    # A row stored before deletion removed tags holds the legacy marker: MLflow still hides it.
+    legacy = {"v": 1, "id": f"legacy:{uuid.uuid4().hex}", "kind": "tags", "run": run_id, "project": "default", "ts": time.time()}
+    legacy["tags"] = {"old": DELETED_TAG_VALUE}
+    assert httpx.post(f"{api}/api/v1/events", json={"events": [legacy]}, timeout=30).status_code == 202
+    wait_until(lambda: stored_tags(run_id)[0].get("old") == DELETED_TAG_VALUE, what="the legacy marker stored")
+    assert "old" not in tracking.get_run(run_id).data.tags
+    with pytest.raises(MlflowException) as err:
+        tracking.delete_tag(run_id, "old")
+    assert err.value.error_code == "RESOURCE_DOES_NOT_EXIST"
+    # The runstream client's own tags: set at the start, by tag() (a tag without value is ""),
+    # and after MLflow's delete-tag removed one, set again.
+    own = Experiment(_name("client-tags"), settings=stack.settings).start_logging(name="own", tags={"model": "mlp"}, capture_output=False)
+    own.tag("selected", "yes")
+    own.tag("flag")
+    own.flush()
+    wait_until(lambda: stored_tags(own.id) == ({"model": "mlp", "selected": "yes", "flag": ""},) * 2, what="the client's tags")
+    tracking.delete_tag(own.id, "selected")
+    wait_until(lambda: stored_tags(own.id) == ({"model": "mlp", "flag": ""},) * 2, what="the client's tag removed")
+    own.tag("selected", "again")
+    own.complete()
+    wait_until(lambda: stored_tags(own.id)[0] == {"model": "mlp", "flag": "", "selected": "again"}, what="the client's tag set again")
     tracking.delete_run(run_id)
     assert tracking.get_run(run_id).info.lifecycle_stage == "deleted"
     assert tracking.search_runs([experiment_id]) == []

@@ -21,7 +21,8 @@ from runstream.storage.store import Store
 
 # Tags runstream keeps for MLflow's bookkeeping, never shown as tags.
 LIFECYCLE_TAG = "runstream.mlflow.lifecycle"
-# A deleted tag's value: the wire format can set a tag, not remove one.
+# A deleted tag's value in rows stored before delete-tag removed the tag (a null value in a
+# tags event, docs/events.md): still hidden from every answer so that older runs stay right.
 DELETED_TAG_VALUE = "\x00deleted"
 HIDDEN_TAGS = (LIFECYCLE_TAG,)
 

@@ -641,7 +641,7 @@ async def delete_tag(request: Request) -> Response:
     row = await c.call(reads.run_row, run_id)
     if key not in reads.visible_tags(dict(row["tags"])):
         raise not_found(f"No tag with name: {key} in run with id {run_id}")
-    await c.writer.send([c.writer.event("tags", run_id, c.project, tags={key: reads.DELETED_TAG_VALUE})])
+    await c.writer.send([c.writer.event("tags", run_id, c.project, tags={key: None})])  # null removes it (docs/events.md)
     return _ok()
 
 
