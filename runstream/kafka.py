@@ -107,6 +107,12 @@ def live_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
+def offsets_reader(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer that only asks for partitions' end offsets (the MLflow api's read-after-write):
+    no group, no subscription, never fetches records."""
+    return AIOKafkaConsumer(bootstrap_servers=settings.kafka, group_id=None, enable_auto_commit=False)
+
+
 def admin_client(bootstrap: str, timeout_s: float | None = None) -> AIOKafkaAdminClient:
     if timeout_s is None:
         return AIOKafkaAdminClient(bootstrap_servers=bootstrap)

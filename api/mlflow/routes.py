@@ -56,7 +56,7 @@ async def existing_run(c: Ctx, run_id: str) -> str:
     known = _known_runs.get((c.project, run_id))
     if known is not None:
         return known
-    await c.writer.wait_stored(c.store, c.project, [run_id])
+    await c.writer.wait_stored([run_id])
     row = await c.call(reads.run_row, run_id)
     _remember(c.project, run_id, row["experiment"])
     return str(row["experiment"])
@@ -369,7 +369,7 @@ def _dt(ts: float) -> Any:
 async def get_run(request: Request) -> Response:
     c = await ctx(request)
     run_id = _run_id(c)
-    await c.writer.wait_stored(c.store, c.project, [run_id])
+    await c.writer.wait_stored([run_id])
     run = await c.call(reads.get_run, run_id)
     outputs = await c.call(objects.all_of, "run_output", run_id)
     if outputs:
@@ -385,7 +385,7 @@ async def update_run(request: Request) -> Response:
     try:  # as stored, without waiting: the answer overlays this call's changes
         row = await c.call(reads.run_row, run_id)
     except MlflowError:  # created a moment ago and not stored yet
-        await c.writer.wait_stored(c.store, c.project, [run_id])
+        await c.writer.wait_stored([run_id])
         row = await c.call(reads.run_row, run_id)
     status_in = field(c.body, "status")
     name = text(c.body, "run_name")
@@ -443,7 +443,7 @@ async def search_runs(request: Request) -> Response:
     conditions = parse_filter(text(c.body, "filter"))
     order = parse_order_by(order_by if isinstance(order_by, list) else [order_by])
     view = reads.view_type(field(c.body, "run_view_type"))
-    await c.writer.wait_stored(c.store, c.project)
+    await c.writer.wait_stored()
     result = await c.call(reads.search_runs, [str(e) for e in experiment_ids], conditions, order, view, max_results, text(c.body, "page_token"))
     return json_response(result)
 
@@ -500,7 +500,7 @@ async def _check_params(c: Ctx, run_id: str, params: dict[str, str]) -> dict[str
     key = (c.project, run_id)
     sent = _sent_params.setdefault(key, {})
     if key not in _params_known and any(k not in sent for k in params):
-        await c.writer.wait_stored(c.store, c.project, [run_id])
+        await c.writer.wait_stored([run_id])
         row = await c.call(reads.run_row, run_id)
         for k, v in dict(row["params"]).items():
             sent.setdefault(k, v)
@@ -555,7 +555,7 @@ async def _without_model_links(c: Ctx, run_id: str, metrics: list[Any]) -> list[
     linked = [mt for mt in metrics if isinstance(mt, dict) and mt.get("model_id")]
     if not linked:
         return metrics
-    await c.writer.wait_stored(c.store, c.project, [run_id])
+    await c.writer.wait_stored([run_id])
     have: set[tuple[Any, ...]] = set()
     for key in {mt.get("key") for mt in linked if isinstance(mt.get("key"), str)}:
         history = await c.call(reads.metric_history, run_id, key, None, None)
@@ -626,7 +626,7 @@ async def set_tag(request: Request) -> Response:
 
 
 async def _status_of(c: Ctx, run_id: str) -> str:
-    await c.writer.wait_stored(c.store, c.project, [run_id])
+    await c.writer.wait_stored([run_id])
     row = await c.call(reads.run_row, run_id)
     return str(row["status"])
 
@@ -637,7 +637,7 @@ async def delete_tag(request: Request) -> Response:
     run_id = _run_id(c)
     key = text(c.body, "key", required=True)
     await existing_run(c, run_id)
-    await c.writer.wait_stored(c.store, c.project, [run_id])
+    await c.writer.wait_stored([run_id])
     row = await c.call(reads.run_row, run_id)
     if key not in reads.visible_tags(dict(row["tags"])):
         raise not_found(f"No tag with name: {key} in run with id {run_id}")
@@ -683,7 +683,7 @@ async def get_metric_history(request: Request) -> Response:
     max_results = integer(c.body, "max_results")
     if max_results is not None and not 1 <= max_results <= 25_000_000:
         raise invalid(f"Invalid value {max_results} for parameter 'max_results'")
-    await c.writer.wait_stored(c.store, c.project, [run_id])
+    await c.writer.wait_stored([run_id])
     result = await c.call(reads.metric_history, run_id, key, max_results, text(c.body, "page_token"))
     return json_response(result)
 

@@ -12,13 +12,10 @@ Metric events carry an id derived from their content (run, points), so a client'
 of the same call is stored once, as MLflow's own store keeps one row per identical
 point; other events get fresh ids (setting a tag back to an earlier value must count).
 
-Read-after-write: for each run this api instance wrote to, it remembers the last event
-it produced (highest Kafka offset), one of each id kind, until that id is in
-`ingested_events`, the table the processor writes last for a batch (docs/storage.md). A
-run's events are on one partition and each table is written in offset order, so once the
-last one is there every earlier one is readable too. A read of that run (get_run, metric
-history, search) first waits for it, polling with a short back-off, at most
-`wait_timeout` seconds; `stats` records what the waits cost.
+Read-after-write, for writes through any api instance (api/mlflow/progress.py): a read of
+a run (get_run, metric history, search) first waits until the processor group has stored
+its partition up to the end offset Kafka had when the read began, polling with a short
+back-off, at most `wait_timeout` seconds; `stats` records what the waits cost.
 """
 
 from __future__ import annotations
@@ -36,10 +33,10 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from runstream import kafka
+from runstream.api.mlflow.progress import Progress
 from runstream.api.mlflow.protocol import MlflowError, invalid
 from runstream.config import Settings
 from runstream.kafka import RECORD_OVERHEAD_BYTES
-from runstream.storage.store import Store
 from runstream.wire import MAX_EVENT_BYTES, WIRE_VERSION, WireError, encode, validate
 
 log = logging.getLogger("runstream.api.mlflow")
@@ -53,6 +50,7 @@ class WaitStats:
     wait_s_max: float = 0.0
     polls: int = 0
     timeouts: int = 0
+    unchecked: int = 0  # reads answered without the check (the broker did not answer it)
     sends: int = 0  # write calls produced to Kafka
     send_s_total: float = 0.0  # their time from the first send to Kafka's last acknowledgement
 
@@ -65,6 +63,7 @@ class WaitStats:
             "wait_ms_max": round(self.wait_s_max * 1e3, 3),
             "polls": self.polls,
             "timeouts": self.timeouts,
+            "unchecked": self.unchecked,
             "sends": self.sends,
             "send_ms_mean": round(self.send_s_total / self.sends * 1e3, 3) if self.sends else 0.0,
         }
@@ -78,12 +77,13 @@ class Writer:
         self._seq = itertools.count()
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
-        # (project, run) -> {id kind: (Kafka offset, event id)} of the last event produced
-        self.pending: dict[tuple[str, str], dict[str, tuple[int, str]]] = {}
+        self.progress = Progress(settings)
         self.events_out = 0
         self.stats = WaitStats()
 
     async def producer(self) -> AIOKafkaProducer:
+        if self._producer is not None:  # every call after the first: no lock on the hot path
+            return self._producer
         async with self._lock:
             if self._producer is None:
                 producer = kafka.gateway_producer(self.settings, linger_ms=0)
@@ -92,6 +92,7 @@ class Writer:
             return self._producer
 
     async def close(self) -> None:
+        await self.progress.close()
         if self._producer is not None:
             await self._producer.stop()
             self._producer = None
@@ -125,57 +126,44 @@ class Writer:
         try:
             producer = await self.producer()
             futures = [await producer.send(self.settings.events_topic, value, key=key) for _, key, value in encoded]
-            acks = await asyncio.gather(*futures)
+            await asyncio.gather(*futures)
             self.stats.sends += 1
             self.stats.send_s_total += time.perf_counter() - t0
         except Exception as exc:
             raise MlflowError("TEMPORARILY_UNAVAILABLE", f"Kafka is not accepting events right now ({type(exc).__name__}); retry") from None
-        for (event, _, _), ack in zip(encoded, acks):
-            marks = self.pending.setdefault((event["project"], event["run"]), {})
-            kind = "content" if event["id"].startswith("mlflow-c:") else "fresh"
-            if kind not in marks or marks[kind][0] < ack.offset:
-                marks[kind] = (ack.offset, event["id"])
         self.events_out += len(encoded)
 
-    async def wait_stored(self, store: Store, project: str, runs: list[str] | None = None) -> None:
-        """Wait (bounded) until the processor has stored every event this instance sent for
-        these runs (None: every run of the project)."""
-        keys = [k for k in self.pending if k[0] == project and (runs is None or k[1] in runs) and self.pending[k]]
+    async def wait_stored(self, runs: list[str] | None = None) -> None:
+        """Wait (bounded) until the processors have stored every write acknowledged until now
+        to these runs (None: to any run), through this api instance or another."""
         self.stats.reads += 1
-        if not keys:
+        t0 = time.perf_counter()
+        try:
+            behind = await self.progress.behind(await self.progress.partitions(await self.producer(), runs))
+        except Exception as exc:  # the broker is down or moving: answer from what is stored
+            self.stats.unchecked += 1
+            log.warning("read-after-write: Kafka did not answer the check (%s); answering from what is stored", exc)
+            return
+        if not behind:
             return
         self.stats.waited += 1
-        t0 = time.perf_counter()
         delay = 0.002
         deadline = t0 + self.wait_timeout
-        while True:
-            keys = [k for k in keys if self.pending.get(k)]
-            if not keys:
-                break
-            ids = sorted({i for k in keys for _, i in self.pending[k].values()})
-            self.stats.polls += 1
-            rows = await store.aquery_rows(
-                "SELECT DISTINCT run_id, event_id FROM ingested_events WHERE project = {project:String} "
-                "AND run_id IN {runs:Array(String)} AND event_id IN {ids:Array(String)}",
-                {"project": project, "runs": sorted({k[1] for k in keys}), "ids": ids},
-            )
-            for run_id, event_id in rows:
-                marks = self.pending.get((project, run_id))
-                if marks is not None:
-                    for kind in [kind for kind, (_, i) in marks.items() if i == event_id]:
-                        del marks[kind]
-                    if not marks:
-                        del self.pending[(project, run_id)]
-            if not any(self.pending.get(k) for k in keys):
-                break
+        while behind:
             if time.perf_counter() + delay > deadline:
                 self.stats.timeouts += 1
-                log.warning("read-after-write: %d runs' writes not stored after %.1fs; answering from what is stored", len(keys), self.wait_timeout)
-                for k in keys:  # the next read does not wait for these again
-                    self.pending.pop(k, None)
+                log.warning("read-after-write: %d partitions not stored after %.1fs; answering from what is stored", len(behind), self.wait_timeout)
+                self.progress.give_up(behind)
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 1.5, 0.025)
+            self.stats.polls += 1
+            try:
+                behind = await self.progress.still_behind(behind)
+            except Exception as exc:
+                self.stats.unchecked += 1
+                log.warning("read-after-write: Kafka did not answer the check (%s); answering from what is stored", exc)
+                break
         waited = time.perf_counter() - t0
         self.stats.wait_s_total += waited
         self.stats.wait_s_max = max(self.stats.wait_s_max, waited)
