@@ -1,4 +1,4 @@
-// Hash router: #/ (runs), #/runs/<id> (one run), #/compare?runs=a,b (compare), #/compute (compute targets).
+// Hash router: #/ (runs), #/runs/<id> (one run; also MLflow's #/experiments/<eid>/runs/<id>), #/compare?runs=a,b (compare), #/compute (compute targets).
 import { live } from "./api.js";
 import { clear, h, refreshTimes } from "./util.js";
 import * as runsView from "./runs.js";
@@ -40,7 +40,8 @@ function route() {
   let arg;
   if (path === "/" || path === "/runs") {
     mod = runsView;
-  } else if ((m = path.match(/^\/runs\/(.+)$/))) {
+  } else if ((m = path.match(/^\/runs\/(.+)$/) || path.match(/^\/experiments\/[^/]+\/runs\/([^/]+)$/))) {
+    // the second form is the link MLflow's client prints ("View run ... at: <tracking uri>/#/experiments/<id>/runs/<id>")
     mod = runView;
     arg = decodeURIComponent(m[1]);
   } else if (path === "/compare") {

@@ -3,7 +3,8 @@ import { api, ApiError, fileUrl, live, numOrNull } from "./api.js";
 import { createChart } from "./charts.js";
 import { createChartControls } from "./chartctl.js";
 import {
-  clear, put, duration, fmtBytes, fmtNum, h, isNum, kvTable, message, rafThrottle, setBadge, statusBadge, TERMINAL, throttle, timeEl,
+  clear, put, duration, fmtBytes, fmtNum, h, isNum, isSystemTag, kvTable, message, rafThrottle, setBadge, statusBadge, TERMINAL, throttle, timeEl,
+  userTags,
 } from "./util.js";
 
 const byName = (a, b) => a.localeCompare(b, undefined, { sensitivity: "base", numeric: true });
@@ -315,22 +316,26 @@ export function mount(ctx) {
     if (run.error) notice.append(message("error", run.error));
   }
 
-  function orderedMeta(meta) {
+  function orderedMeta(meta, tags) {
     const order = ["compute", "host", "user", "pid", "python", "git_branch", "git_commit", "git_dirty", "source_dir", "command", "python_executable"];
     const m = meta || {};
     const out = {};
     for (const k of order) if (k in m) out[k] = k === "git_commit" ? m[k].slice(0, 12) : m[k];
     for (const k of Object.keys(m)) if (!(k in out)) out[k] = m[k];
+    // MLflow's own tags (user, source, git commit); its run name is the title, its parent the crumb
+    for (const [k, v] of Object.entries(tags || {})) {
+      if (isSystemTag(k) && k !== "mlflow.runName" && k !== "mlflow.parentRunId") out[k] = v;
+    }
     return out;
   }
 
   function renderSide() {
     clear(side);
     side.append(
-      h("section.card.side-card", h("h2", "Tags"), kvTable(run.tags, "No tags")),
+      h("section.card.side-card", h("h2", "Tags"), kvTable(userTags(run.tags), "No tags")),
       h("section.card.side-card", h("h2", "Params"), kvTable(run.params, "No params")),
       // Where it ran (ingest/metadata.py): compute target first, the command line last.
-      h("section.card.side-card.run-meta", h("h2", "Run"), kvTable(orderedMeta(run.meta), "No metadata")),
+      h("section.card.side-card.run-meta", h("h2", "Run"), kvTable(orderedMeta(run.meta, run.tags), "No metadata")),
     );
     if (run.children?.length) {
       side.append(h("section.card.side-card", h("h2", `Child runs (${run.children.length})`),

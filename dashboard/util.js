@@ -171,8 +171,16 @@ export function throttle(fn, ms) {
   };
 }
 
+/** The tags MLflow's client sets on every run (mlflow.user, mlflow.source.*, mlflow.runName,
+ * mlflow.parentRunId): not the user's; the run page shows them in its "Run" card. */
+export const isSystemTag = (k) => k.startsWith("mlflow.");
+
+export function userTags(tags) {
+  return Object.fromEntries(Object.entries(tags || {}).filter(([k]) => !isSystemTag(k)));
+}
+
 export function tagChips(tags, max = 6) {
-  const entries = Object.entries(tags || {});
+  const entries = Object.entries(userTags(tags));
   const chips = entries.slice(0, max).map(([k, v]) => h("span.chip", { title: v ? `${k}=${v}` : k }, v ? [h("b", k), `=${v}`] : k));
   if (entries.length > max) chips.push(h("span.chip.more", `+${entries.length - max}`));
   return chips;
