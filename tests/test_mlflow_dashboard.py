@@ -157,10 +157,11 @@ def test_mlflow_runs_on_the_dashboard(
 
         # --- live: the script resumes the run and logs more steps; the open page draws them ---
         more = range(STEPS, STEPS + 5)
-        with mlflow.start_run(run_id=pid):
+        with mlflow.start_run(run_id=pid):  # resumed: Running again until the block ends it FINISHED
             for step in more:
                 mlflow.log_metric("loss", _loss(step), step=step)
             _await_points(page, "loss", STEPS + len(more), timeout=30_000)
+            page.wait_for_selector(".title-row .badge.st-running", timeout=30_000)
         page.wait_for_selector(".title-row .badge.st-completed", timeout=30_000)
         assert _plot(page, "loss", "u.data[0]") == list(range(STEPS + len(more)))
         assert _plot(page, "loss", "u.data[1]")[-len(more) :] == pytest.approx([_loss(s) for s in more])
