@@ -139,7 +139,7 @@ class Processor:
         self.ledger = LedgerLane(store, self.watermarks, self.retry, self._stopping, ledger_interval)
         self._parts: KafkaParts | None = None
         self._work_lock = asyncio.Lock()
-        self._revocations = 0  # the epoch: records polled in an earlier one are read again
+        self._epoch = 0  # revocations and assignments: records polled in an earlier epoch are read again
         self._task: asyncio.Task[None] | None = None
         self._inflight: asyncio.Task[bool] | None = None
         self._data_done: asyncio.Future[bool] | None = None  # the batch in flight has its data tables written
@@ -176,7 +176,7 @@ class Processor:
             producer=producer,
             intake=Intake(
                 consumer,
-                lambda: self._revocations,
+                lambda: self._epoch,
                 max_records=max_records,
                 batch_window=batch_window,
                 min_interval=min_interval,
@@ -238,14 +238,24 @@ class Processor:
         # The batch being prepared or written finishes and is committed by this owner
         # first; records polled but not yet prepared are dropped by the loop (it sees
         # the new epoch) and read again from where the assignment positions them.
-        self._revocations += 1
+        self._epoch += 1
         async with self._work_lock:
             await self.wait_inflight()
             await self.flush_commits()
 
     async def _on_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.watermarks.load(assigned)
-        await self.parts.positions.reposition(assigned)
+        # aiokafka hands out the new assignment's records (fetched from the committed
+        # offset, or the reset: the earliest) while this runs. Prepared before the
+        # watermarks are loaded, they would not be skipped; and the seek below moves the
+        # partitions past what they came from. So what is polled until the partitions are
+        # repositioned belongs to an earlier epoch: dropped by the loop, and read again
+        # from the new positions. The first new epoch stops a batch not yet prepared; the
+        # work lock keeps the loop from preparing until the second.
+        self._epoch += 1
+        async with self._work_lock:
+            await self.watermarks.load(assigned)
+            await self.parts.positions.reposition(assigned)
+            self._epoch += 1
 
     # --- the loop ---
     async def _run(self) -> None:
@@ -267,7 +277,7 @@ class Processor:
 
     async def _step(self) -> None:
         k = self.parts
-        epoch = self._revocations
+        epoch = self._epoch
         if k.intake.stale(epoch):  # polled before a rebalance
             async with self._work_lock:
                 await self._reread()
@@ -299,7 +309,7 @@ class Processor:
         async with self._work_lock:
             if self._failure is not None:
                 return
-            if self._revocations != epoch:  # a revocation won the lock: see above
+            if self._epoch != epoch:  # a rebalance won the lock: see above
                 await self._reread()
                 return
             prepared = await self.preparer.prepare(grown)

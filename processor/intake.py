@@ -15,9 +15,10 @@ few hundred thousand rows. A full batch is prepared at once, while the previous 
 still being written, so that the engine goes from one write to the next without waiting
 for Python.
 
-Records polled before a rebalance may belong to another owner now: a batch whose epoch
-(the processor's count of revocations) changed while it grew is given up, as is a
-carry from an earlier epoch, and the processor reads again from the stored positions.
+Records polled before a rebalance may belong to another owner now, or come from before
+the assignment's positions: a batch whose epoch (the processor's count of revocations
+and assignments) changed while it grew is given up, as is a carry from an earlier epoch,
+and the processor reads again from the stored positions.
 """
 
 from __future__ import annotations
