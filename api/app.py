@@ -99,6 +99,8 @@ def create_app(settings: Settings, store: Store, processor: Any = None) -> FastA
     app.state.started_at = time.time()
 
     app.state.auth = auth.Auth(KeyStore(settings.home / "keys.json"))
+    # Added first, so inside the key check: MLflow's per-step writes skip the router (api/mlflow/fastpath.py).
+    app.add_middleware(mlflow.FastWrites)
     app.add_middleware(auth.AuthMiddleware, auth=app.state.auth)
 
     @app.get("/healthz", tags=["ops"])

@@ -468,6 +468,60 @@ def start_runstream_up(work: Path) -> tuple[subprocess.Popen[bytes], str, Any]:
     raise RuntimeError(f"runstream up did not answer within 180s: {log_path.read_text(errors='replace')[-2000:]}")
 
 
+async def answer_empty(scope: dict[str, Any], receive: Callable[[], Any], send: Callable[[dict[str, Any]], Any]) -> None:
+    """An ASGI app that answers every request with `{}` at once: what the MLflow client costs on its own."""
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": b"{}"})
+
+
+def client_floor(args: argparse.Namespace) -> Row:
+    """The MLflow client's own cost of a synchronous 10-point log_batch: against a server (uvicorn,
+    httptools, uvloop, in its own process) that answers `{}` at once. No tracking server can
+    answer faster, so 10 points / this is the most any server reaches in the per-step mode."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    port = free_port()
+    code = f"import sys, uvicorn; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import peers; "
+    code += f"uvicorn.run(peers.answer_empty, host='127.0.0.1', port={port}, log_level='warning', loop='uvloop', http='httptools')"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("the {}-answering server did not start") from None
+                time.sleep(0.1)
+        client = MlflowClient(tracking_uri=url)
+        ten = [f"m{j}" for j in range(args.metrics)]
+        times = []
+        for i in range(args.raw_samples * 5):
+            ts = int(time.time() * 1000)
+            metrics = [Metric(name, 0.1 * j, ts, i) for j, name in enumerate(ten)]
+            t0 = time.perf_counter_ns()
+            client.log_batch("0" * 32, metrics=metrics)
+            times.append(time.perf_counter_ns() - t0)
+    finally:
+        stop_group(proc)
+    times.sort()
+    median_s = times[len(times) // 2] / 1e9
+    row = new_row("mlflow-client-floor", f"log_batch (sync, 1 step = {args.metrics} points/request)", args)
+    row.update(points=len(times) * args.metrics, pps=args.metrics / median_s, us_log10=median_s * 1e6)
+    row["note"] = (
+        f"the MLflow client alone: a server that answers {{}} at once; median of {len(times):,} calls "
+        f"(p90 {times[int(len(times) * 0.9)] / 1e3:,.0f} µs); points/s = {args.metrics} / median call"
+    )
+    return row
+
+
 def bench_mlflow_runstream(args: argparse.Namespace, work: Path) -> tuple[list[Row], dict[str, str]]:
     import json as jsonlib
     import urllib.request
@@ -512,6 +566,7 @@ def bench_mlflow_runstream(args: argparse.Namespace, work: Path) -> tuple[list[R
     finally:
         stop_group(proc)
         broker.stop()
+    rows.append(client_floor(args))
     return rows, versions
 
 
@@ -897,7 +952,7 @@ def mlflow_ratios(rows: list[Row]) -> list[str]:
     theirs = {r["mode"]: r for r in rows if r["tool"] == "mlflow"}
     out = []
     for r in rows:
-        base = theirs.get(r["mode"]) if r["tool"] == "mlflow-runstream" else None
+        base = theirs.get(r["mode"]) if r["tool"] in ("mlflow-runstream", "mlflow-client-floor") else None
         if base is None:
             continue
         bits = [f"points/s {ratio(r['pps'], base['pps'])}"]
@@ -905,7 +960,8 @@ def mlflow_ratios(rows: list[Row]) -> list[str]:
             bits.append(f"µs per log_metric call {fmt(r['us_log'], ',.0f')} vs {fmt(base['us_log'], ',.0f')}")
         if r["us_log10"] and base["us_log10"]:
             bits.append(f"µs per 10-value call {fmt(r['us_log10'], ',.0f')} vs {fmt(base['us_log10'], ',.0f')}")
-        out.append(f"- MLflow client, runstream vs MLflow's server, {r['mode']}: " + "; ".join(bits))
+        against = "a server that answers at once (the client's floor)" if r["tool"] == "mlflow-client-floor" else "runstream"
+        out.append(f"- MLflow client, {against} vs MLflow's server, {r['mode']}: " + "; ".join(bits))
     return out
 
 

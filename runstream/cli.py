@@ -7,7 +7,6 @@ It owns parsing, dispatch to the commands, and the check that the server command
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib.util
 import logging
 import sys
@@ -232,12 +231,12 @@ def main(argv: list[str] | None = None) -> int:
     if missing:
         print(f"runstream {args.command} needs the server install: pip install 'runstream[server]' (missing: {', '.join(missing)})", file=sys.stderr)
         return 2
-    from runstream.server import serve
+    from runstream.server import run, serve
 
     if args.command == "processor" and args.group:
         settings = settings.with_(group_id=args.group)
     try:
-        asyncio.run(
+        run(
             serve(
                 settings,
                 processor=args.command in ("up", "processor"),

@@ -7,8 +7,8 @@ import gc
 import logging
 import signal
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import uvicorn
 
@@ -21,6 +21,22 @@ log = logging.getLogger("runstream")
 # default threshold they survived into the oldest generation, whose full collections
 # stopped the event loop, and with it the live stream (docs/performance.md, "GC").
 GC_THRESHOLDS = (20_000, 10, 10)
+
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Runs a server coroutine on libuv's event loop (uvloop) where it is installed, else on
+    asyncio's. Every request of the api is a chain of socket reads and writes (HTTP in and
+    out, the Kafka produce and its acknowledgement), and uvloop does them in C (the A/B on
+    the MLflow api's time per call is in docs/performance.md, issue 16)."""
+    try:
+        import uvloop
+    except ImportError:  # Windows, or a build without it: asyncio's loop works the same, slower
+        return asyncio.run(main)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(main)
 
 
 def tune_gc() -> None:

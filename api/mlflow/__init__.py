@@ -7,8 +7,10 @@ statuses both ways), `filters` (the search filter and order_by grammar -> parame
 SQL), `objects` (the MLflow objects runstream's schema has no table for: experiments,
 logged models, run inputs), `writer` (MLflow writes as wire events through the gateway's
 producer, and read-after-write), `reads` (runs and metric history from ClickHouse),
-`context` (what every endpoint shares), `routes` (the tracking endpoints), `models` (MLflow
-3's logged models), `artifacts` (the artifact proxy).
+`context` (what every endpoint shares), `routes` (the tracking endpoints), `fastpath` (the
+per-step write calls answered before FastAPI's router), `progress` (how far the processors
+have stored each partition: read-after-write), `models` (MLflow 3's logged models),
+`artifacts` (the artifact proxy).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from runstream.api.mlflow import artifacts, models, routes
+from runstream.api.mlflow.fastpath import FastWrites
 
 router = APIRouter()
 router.include_router(routes.router)
 router.include_router(models.router)
 router.include_router(artifacts.router)
 
-__all__ = ["router"]
+__all__ = ["FastWrites", "router"]

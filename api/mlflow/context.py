@@ -22,27 +22,33 @@ def json_response(body: Any, status: int = 200) -> Response:
     return Response(json.dumps(body, allow_nan=False), status_code=status, media_type="application/json")
 
 
+API_ERROR_CODES = {404: "RESOURCE_DOES_NOT_EXIST", 403: "PERMISSION_DENIED", 503: "TEMPORARILY_UNAVAILABLE"}
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def answering_errors(handler: Handler) -> Handler:
+    """The handler, answering every failure in MLflow's error shape."""
+
+    async def route(request: Request) -> Response:
+        try:
+            return await handler(request)
+        except MlflowError as exc:
+            return json_response(exc.body(), exc.status)
+        except ApiError as exc:
+            code = API_ERROR_CODES.get(exc.status, "INVALID_PARAMETER_VALUE")
+            return json_response(MlflowError(code, exc.detail).body(), exc.status)
+        except StorageError as exc:
+            code = "TEMPORARILY_UNAVAILABLE" if exc.transient else "INTERNAL_ERROR"
+            return json_response(MlflowError(code, f"the run store failed: {exc}"[:500]).body(), 503 if exc.transient else 500)
+
+    return route
+
+
 class MlflowRoute(APIRoute):
     """Answers every failure in MLflow's error shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def route(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except MlflowError as exc:
-                return json_response(exc.body(), exc.status)
-            except ApiError as exc:
-                code = {404: "RESOURCE_DOES_NOT_EXIST", 403: "PERMISSION_DENIED", 503: "TEMPORARILY_UNAVAILABLE"}.get(
-                    exc.status, "INVALID_PARAMETER_VALUE"
-                )
-                return json_response(MlflowError(code, exc.detail).body(), exc.status)
-            except StorageError as exc:
-                code = "TEMPORARILY_UNAVAILABLE" if exc.transient else "INTERNAL_ERROR"
-                return json_response(MlflowError(code, f"the run store failed: {exc}"[:500]).body(), 503 if exc.transient else 500)
-
-        return route
+    def get_route_handler(self) -> Handler:
+        return answering_errors(super().get_route_handler())
 
 
 @asynccontextmanager
