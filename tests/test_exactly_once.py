@@ -251,11 +251,17 @@ def _ledgers_in_small_batches(settings: Settings, store: Store, stack: Stack, pr
         for run in runs:
             run.complete()
         ids = [r.id for r in runs]
+        params = {"ids": ids}
         wait_until(lambda: _points(store, ids) == n_runs * steps, 60, what="points written")
-        wait_until(lambda: proc.stats.consumer_lag == 0 and proc.ledger.queued == 0, 30, what="ledger drained")
+
+        def ended() -> int:
+            return int(store.query_rows("SELECT count() FROM runs FINAL WHERE run_id IN {ids:Array(String)} AND status = 'Completed'", params)[0][0])
+
+        # The runs' end events come after their last points: wait for what is asserted below (the
+        # consumer lag is refreshed once a second, so "lag 0" could still be the time before them).
+        wait_until(lambda: ended() == n_runs and proc.ledger.queued == 0, 30, what="run ends stored, ledger drained")
     finally:
         stack.run(proc.stop())
-    params = {"ids": ids}
     assert store.query_rows("SELECT uniqExact(run_id, step), count() FROM metric_points WHERE run_id IN {ids:Array(String)}", params) == [
         (n_runs * steps, n_runs * steps)
     ]
