@@ -74,6 +74,18 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def _recv_until(ws: Any, seen: list[dict[str, Any]], predicate: Any, timeout: float = 20) -> None:
+    """Reads /ws messages (an `updates` frame item by item) into `seen` until one matches."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        msg = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
+        for item in msg["updates"] if msg.get("type") == "updates" else [msg]:
+            seen.append(item)
+            if predicate(item):
+                return
+    raise AssertionError(f"no such message; got {seen[-3:]}")
+
+
 def test_quickstart_lands_in_runstream(tracking: MlflowClient, stack: Stack) -> None:
     name = _name("quickstart")
     experiment_id = mlflow.set_experiment(name).experiment_id
@@ -170,14 +182,7 @@ def test_tags_delete_restore_and_errors(tracking: MlflowClient, stack: Stack) ->
         seen: list[dict[str, Any]] = []
 
         def recv_until(predicate: Any) -> None:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
-                for item in msg["updates"] if msg.get("type") == "updates" else [msg]:
-                    seen.append(item)
-                    if predicate(item):
-                        return
-            raise AssertionError(f"no such message; got {seen[-3:]}")
+            _recv_until(ws, seen, predicate)
 
         recv_until(lambda m: m.get("type") == "snapshot")
         tracking.delete_tag(run_id, "temp")
@@ -399,14 +404,7 @@ def test_mlflow_runs_show_in_runs_api_websocket_and_sql(tracking: MlflowClient, 
         seen: list[dict[str, Any]] = []
 
         def recv_until(predicate: Any) -> None:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                msg = json.loads(ws.recv(timeout=max(0.01, deadline - time.monotonic())))
-                for item in msg["updates"] if msg.get("type") == "updates" else [msg]:
-                    seen.append(item)
-                    if predicate(item):
-                        return
-            raise AssertionError(f"no such message; got {seen[-3:]}")
+            _recv_until(ws, seen, predicate)
 
         recv_until(lambda m: m.get("type") == "snapshot")
         tracking.log_metric(run_id, "loss", 0.25, step=1)
