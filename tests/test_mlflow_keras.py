@@ -11,8 +11,6 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import yaml  # noqa: E402
 
-keras = pytest.importorskip("keras")
-
 from tests.conftest import Stack  # noqa: E402
 from tests.test_mlflow import MlflowClient, _name, mlflow, tracking  # noqa: E402, F401  (tracking is the fixture)
 
@@ -24,6 +22,8 @@ def test_keras_autolog_on_jax_lands_in_runstream(
     tracking: MlflowClient,  # noqa: F811  (the fixture imported above)
     stack: Stack,
 ) -> None:
+    # Imported here, not at collection: importing keras takes ~5 s, paid only when this test runs.
+    keras = pytest.importorskip("keras")
     import mlflow.keras
 
     rng = np.random.default_rng(0)
