@@ -1,6 +1,7 @@
-// Hash router: #/ (runs), #/runs/<id> (one run; also MLflow's #/experiments/<eid>/runs/<id>), #/compare?runs=a,b (compare), #/compute (compute targets).
-import { live } from "./api.js";
-import { clear, h, refreshTimes } from "./util.js";
+// Hash router: #/ (runs), #/runs/<id> (one run; also MLflow's #/experiments/<eid>/runs/<id>), #/experiments/<eid>
+// (MLflow's experiment link: the runs list of that experiment), #/compare?runs=a,b (compare), #/compute (compute targets).
+import { ApiError, get, live } from "./api.js";
+import { clear, h, put, refreshTimes } from "./util.js";
 import * as runsView from "./runs.js";
 import * as runView from "./run.js";
 import * as compareView from "./compare.js";
@@ -26,6 +27,37 @@ export function setQuery(params, { replace = true } = {}) {
   else history.pushState(null, "", url);
 }
 
+/**
+ * MLflow's "View experiment at: <tracking uri>/#/experiments/<id>": the id is MLflow's (derived from
+ * project and name, docs/mlflow.md), so the MLflow API names the experiment, then the runs list opens
+ * with it chosen, as the experiment picker chooses it (`#/?experiment=<name>`, replacing the link in the
+ * history; the link's own query, e.g. `?metrics=loss`, is kept).
+ */
+async function openExperiment(eid, params, seq) {
+  view.append(h("p.muted", `Opening experiment ${eid}…`));
+  let name;
+  try {
+    // api.js's get (the key header, a 401 opens the key entry) on /api/2.0/mlflow: its base is /api/v1
+    const res = await get("/../2.0/mlflow/experiments/get", { experiment_id: eid });
+    name = res?.experiment?.name;
+  } catch (e) {
+    if (seq !== renderSeq) return;
+    if (e instanceof ApiError && e.status === 404) name = null;
+    else {
+      put(view, h("div.msg.error", `Could not open experiment ${eid}: ${e.message}`));
+      return;
+    }
+  }
+  if (seq !== renderSeq) return; // the user went elsewhere meanwhile
+  if (!name) {
+    put(view, h("div.empty", h("h2", "Not found"), h("p", `experiment ${eid} not found. `, h("a", { href: "#/" }, "Back to the runs"))));
+    return;
+  }
+  params.set("experiment", name);
+  history.replaceState(null, "", `#/?${params}`);
+  route();
+}
+
 function route() {
   const { path, params } = parseHash();
   if (current?.cleanup) {
@@ -44,6 +76,9 @@ function route() {
     // the second form is the link MLflow's client prints ("View run ... at: <tracking uri>/#/experiments/<id>/runs/<id>")
     mod = runView;
     arg = decodeURIComponent(m[1]);
+  } else if ((m = path.match(/^\/experiments\/([^/]+)\/?$/))) {
+    openExperiment(decodeURIComponent(m[1]), params, seq);
+    return;
   } else if (path === "/compare") {
     mod = compareView;
   } else if (path === "/compute") {

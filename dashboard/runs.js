@@ -279,15 +279,17 @@ export function mount(ctx) {
     const kids = state.nest && run.children > 0
       ? h("button.expand.small", { type: "button", "aria-expanded": "false", "aria-label": `child runs of ${run.name || run.id}`, title: `${run.children} child run${run.children === 1 ? "" : "s"}` }, "▸")
       : null;
+    const nameLink = h("a", { href, title: run.id }, run.name || run.id);
+    const tagsCell = h("td.tags", tagChips(run.tags, 3));
+    const pcells = state.params.map((k) => h("td.param", { dataset: { param: k } }, run.params?.[k] ?? ""));
     const tr = h(`tr${selected.has(run.id) ? ".selected" : ""}${depth ? ".child-row" : ""}`, { dataset: { run: run.id } },
       h("td.check", check), h("td", badge),
       h("td.name", { style: depth ? { paddingLeft: `${10 + depth * 22}px` } : null }, kids, kids ? " " : null,
-        h("a", { href, title: run.id }, run.name || run.id), run.parent ? h("span.muted.child", " child") : null,
+        nameLink, run.parent ? h("span.muted.child", " child") : null,
         kids ? h("span.muted.kids", ` (${run.children})`) : null),
       state.experiment ? null : h("td", h("a.muted-link", { href: `#/?experiment=${encodeURIComponent(run.experiment)}` }, run.experiment)),
-      h("td.time", timeEl(run.created_at)), dur, lastSeen, h("td.tags", tagChips(run.tags, 3)),
-      state.params.map((k) => h("td.param", { dataset: { param: k } }, run.params?.[k] ?? "")), mcells.flat());
-    const r = { run, tr, check, badge, lastSeen, dur, mcells, dirty: false };
+      h("td.time", timeEl(run.created_at)), dur, lastSeen, tagsCell, pcells, mcells.flat());
+    const r = { run, tr, check, badge, lastSeen, dur, mcells, nameLink, tagsCell, pcells, dirty: false };
     if (kids) kids.addEventListener("click", () => toggleChildren(r, kids));
     return r;
   }
@@ -488,11 +490,80 @@ export function mount(ctx) {
   }
   const reloadSoon = throttle(() => { if (!disposed) reload(); }, 3000);
 
+  // --- tags and params (a live update's `meta`): reread the changed rows only ---
+  // Each run at most once per META_MS (a burst of set_tag calls is one or two reads), at most
+  // META_PARALLEL reads at a time; more than META_ROWS rows due at once read the page once instead.
+  const META_MS = 250;
+  const META_PARALLEL = 4;
+  const META_ROWS = 25;
+  const metaDue = new Set(); // rows whose tags/params changed since their last reread began
+  const metaBusy = new Set(); // rows being reread
+  const metaLast = new Map(); // id -> when its last reread began (ms)
+  let metaTimer = null;
+  function metaChanged(id) {
+    metaDue.add(id);
+    if (!metaTimer) metaTimer = setTimeout(rereadMeta, META_MS); // the rest of the burst comes meanwhile
+  }
+  function rereadMeta() {
+    metaTimer = null;
+    if (disposed) return;
+    for (const id of metaDue) if (!rows.has(id)) metaDue.delete(id); // paged or filtered away: a reload reads it
+    if (metaDue.size > META_ROWS) {
+      metaDue.clear();
+      reloadSoon();
+      return;
+    }
+    const now = Date.now();
+    let wait = Infinity;
+    for (const id of metaDue) {
+      if (metaBusy.size >= META_PARALLEL) return; // the next read to end goes on
+      if (metaBusy.has(id)) continue; // ditto
+      const left = (metaLast.get(id) ?? -Infinity) + META_MS - now;
+      if (left > 0) { wait = Math.min(wait, left); continue; }
+      metaDue.delete(id);
+      rereadRow(id);
+    }
+    if (wait !== Infinity && !metaTimer) metaTimer = setTimeout(rereadMeta, Math.max(wait, 20));
+  }
+  async function rereadRow(id) {
+    metaBusy.add(id);
+    metaLast.set(id, Date.now());
+    let fresh = null;
+    try {
+      fresh = await api.run(id);
+    } catch {
+      // the row keeps what it shows; the next reload reads it again
+    } finally {
+      metaBusy.delete(id);
+    }
+    if (disposed) return;
+    const r = rows.get(id);
+    if (fresh && r) applyMeta(r, fresh);
+    if (metaDue.size && !metaTimer) metaTimer = setTimeout(rereadMeta, 0);
+  }
+  /** A row's tags, params and name from a fresher read of its run (a reread, a live snapshot). */
+  function applyMeta(r, fresh) {
+    const tags = fresh.tags || {};
+    if (JSON.stringify(tags) !== JSON.stringify(r.run.tags || {})) {
+      r.run.tags = tags;
+      put(r.tagsCell, tagChips(tags, 3));
+    }
+    r.run.params = fresh.params || {};
+    if (fresh.name) r.run.name = fresh.name;
+    learnKeys([fresh]);
+    state.params.forEach((k, i) => { if (r.pcells[i]) setText(r.pcells[i], String(r.run.params[k] ?? "")); });
+    setText(r.nameLink, r.run.name || r.run.id);
+  }
+
   // --- live ---
   function applyUpdate(msg) {
     // Groups' counts and statistics, and a filtered list's membership, follow the data: re-read.
     if (state.group && (msg.status || msg.metrics || !known.has(msg.run))) reloadSoon();
     else if (state.filters.length && (msg.status || (msg.metrics && state.filters.some((f) => /metric/.test(f))))) reloadSoon();
+    // ... and so do a list grouped, filtered or ordered by tags or params when they change
+    if (msg.meta && (/^(tags|params)\./.test(state.group) || /^-?(tags|params)\./.test(state.order)
+      || state.filters.some((f) => /\b(tags?|params?|name)\b/.test(f)))) reloadSoon();
+    if (msg.meta && rows.has(msg.run)) metaChanged(msg.run);
     const r = rows.get(msg.run);
     if (!r) {
       if (!known.has(msg.run)) {
@@ -545,6 +616,8 @@ export function mount(ctx) {
       if (s.ended_at) r.run.ended_at = s.ended_at;
       if (TERMINAL.has(s.status)) ended.set(s.id, { status: s.status, ended_at: s.ended_at });
       for (const m of state.metrics) if (s.metrics?.[m]) r.run.metrics = { ...r.run.metrics, [m]: { ...r.run.metrics?.[m], ...s.metrics[m] } };
+      // tags and params changed between the list's read and the subscription sent no update
+      if (s.tags && s.params) applyMeta(r, s);
       r.dirty = true;
     }
     flush();
@@ -603,5 +676,6 @@ export function mount(ctx) {
     for (const u of subs.values()) u();
     clearInterval(expTimer);
     clearInterval(durTimer);
+    clearTimeout(metaTimer);
   };
 }

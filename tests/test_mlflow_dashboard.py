@@ -1,8 +1,11 @@
 """Runs logged through the real `mlflow` client as a user sees them on the dashboard (Chromium):
 the runs list (names, Completed/Failed, the experiment, param columns, the nested child under
 its parent), the parent's run page opened by the link MLflow prints (params, the user's tags
-apart from MLflow's own mlflow.* tags, a chart of each metric with every logged point), and
-steps logged through MLflow while that page is open, drawn without a reload."""
+apart from MLflow's own mlflow.* tags, a chart of each metric with every logged point), steps
+logged through MLflow while that page is open, drawn without a reload, the experiment's link
+MLflow prints (the list of that experiment's runs only), tags set and deleted and a param logged
+through MLflow while that list is open, shown in their rows without a reload, and an unknown
+experiment id."""
 
 from __future__ import annotations
 
@@ -54,6 +57,12 @@ def _row(run_id: str) -> str:
     return f'table.runs tr[data-run="{run_id}"]'
 
 
+def _chips(page: Any, run_id: str) -> list[str]:
+    """The tag chips of a run's row in the runs list."""
+    chips: list[str] = page.eval_on_selector_all(f"{_row(run_id)} td.tags .chip", "cs => cs.map(c => c.textContent)")
+    return chips
+
+
 def test_mlflow_runs_on_the_dashboard(
     tracking: MlflowClient,  # noqa: F811  (the fixture imported above)
     stack: Stack,
@@ -79,8 +88,15 @@ def test_mlflow_runs_on_the_dashboard(
         mlflow.log_params({"lr": "1.0", "batch_size": "64", "optimizer": "sgd"})
         mlflow.log_metric("loss", 87.5, step=0)
         raise RuntimeError("loss diverged")
+    # ... and a run in another experiment, which that experiment's link must not list
+    other_eid = tracking.create_experiment(_name("mlflow-dash-other"))
+    oid = tracking.create_run(other_eid, run_name="elsewhere").info.run_id
+    tracking.log_param(oid, "lr", "0.5")
+    tracking.set_terminated(oid)
     pid, cid, fid = parent.info.run_id, child.info.run_id, failed.info.run_id
-    printed = re.search(r"View run train-parent at: (\S+)", capsys.readouterr().out)
+    out = capsys.readouterr().out
+    printed = re.search(r"View run train-parent at: (\S+)", out)
+    experiment_links = set(re.findall(r"View experiment at: (\S+)", out))
     tracking.delete_tag(pid, "scratch")  # removed after the fact: stored as a marker value the dashboard must not show
     # read-after-write: each is stored once get_run answers
     assert tracking.get_run(pid).info.status == "FINISHED"
@@ -97,7 +113,7 @@ def test_mlflow_runs_on_the_dashboard(
     try:
         # --- the runs list, all experiments: names, statuses, the experiment, param columns, tags ---
         page.goto(f"{stack.api_url}/#/?params=lr,batch_size,optimizer&metrics=loss")
-        for rid in (pid, cid, fid):
+        for rid in (pid, cid, fid, oid):
             page.wait_for_selector(_row(rid))
         names = {rid: page.inner_text(f"{_row(rid)} td.name a") for rid in (pid, cid, fid)}
         assert names == {pid: "train-parent", cid: "fold-0", fid: "diverged"}
@@ -172,7 +188,64 @@ def test_mlflow_runs_on_the_dashboard(
         )
         page.wait_for_function(f"() => document.querySelector('.meta-line')?.textContent.includes('points {2 * STEPS + len(more)}')")
         page.screenshot(path=str(test_output / "mlflow-run.png"), full_page=True)
+
+        # --- the experiment's link MLflow's client printed ("View experiment at: ..."): that experiment's runs only ---
+        link = f"{stack.api_url}/#/experiments/{experiment_id}"
+        assert experiment_links == {link, f"{stack.api_url}/#/experiments/{other_eid}"}, experiment_links  # one per run's end
+        page.goto("about:blank")  # a new document, as a link opened from the terminal is: nothing left of the run page
+        page.goto(link)
+        page.wait_for_function(f"() => location.hash.startsWith('#/?') && location.hash.includes('experiment={exp_name}')")  # as the picker puts it
+        page.wait_for_function("() => document.querySelectorAll('table.runs tbody tr[data-run]').length === 3")
+        listed = page.eval_on_selector_all("table.runs tbody tr[data-run]", "rows => rows.map(r => r.dataset.run)")
+        assert sorted(listed) == sorted([pid, cid, fid]), listed  # not oid, logged to another experiment
+        page.wait_for_function(f"() => document.querySelector('select[aria-label=experiment]').value === '{exp_name}'")
+        assert page.inner_text(".page-head .title-row .muted") == "3 runs"
+
+        # --- tags and params changed through MLflow while the list is open: the rows follow, no reload ---
+        # the link's query is kept; metrics chosen, so the list has no default columns to re-render for
+        page.goto(f"{link}?params=lr,batch_size&metrics=loss")
+        page.wait_for_function(
+            f"() => location.hash.startsWith('#/?') && ['experiment={exp_name}', 'batch_size'].every(q => location.hash.includes(q))"
+        )
+        page.wait_for_selector(f"{_row(cid)} td.param[data-param=batch_size]")
+        # the rows as they are now: a reload would replace them (and their marks)
+        page.evaluate(
+            "() => { performance.clearResourceTimings(); document.querySelectorAll('table.runs tr[data-run]').forEach(tr => { tr._mark = 1; }); }"
+        )
+
+        def chips_of(rid: str) -> str:
+            return f"() => JSON.stringify([...document.querySelectorAll('{_row(rid)} td.tags .chip')].map(c => c.textContent))"
+
+        tracking.set_tag(pid, "stage", "live")
+        page.wait_for_function(f"{chips_of(pid)} === JSON.stringify(['team=vision', 'stage=live'])")
+        for i in range(5):  # a burst: the row is reread at most once per 250 ms, and shows the last value
+            tracking.set_tag(pid, "stage", f"live-{i}")
+        page.wait_for_function(f"{chips_of(pid)} === JSON.stringify(['team=vision', 'stage=live-4'])")
+        tracking.delete_tag(pid, "stage")
+        page.wait_for_function(f"{chips_of(pid)} === JSON.stringify(['team=vision'])")
+        tracking.log_param(cid, "batch_size", "16")  # a param the child had not logged
+        page.wait_for_function(f"() => document.querySelector('{_row(cid)} td.param[data-param=batch_size]').textContent === '16'")
+        same = page.evaluate("() => [...document.querySelectorAll('table.runs tr[data-run]')].every(tr => tr._mark === 1)")
+        assert same, "the list was re-rendered"
+        reads = page.evaluate(
+            """() => performance.getEntriesByType('resource').map(e => [new URL(e.name).pathname, e.startTime])
+                 .filter(([p]) => p.startsWith('/api/v1/runs'))"""
+        )
+        paths = {path for path, _ in reads}
+        assert paths <= {f"/api/v1/runs/{pid}", f"/api/v1/runs/{cid}"}, paths  # the changed rows, not the list
+        starts = [t for path, t in reads if path == f"/api/v1/runs/{pid}"]
+        assert 3 <= len(starts) <= 7, starts  # the set, the burst's updates (often one read for all), the delete
+        assert all(b - a >= 240 for a, b in zip(starts, starts[1:])), starts  # at most one read per 250 ms
+        assert _chips(page, fid) == [] and page.inner_text(f"{_row(fid)} td.param[data-param=batch_size]") == "64"
+        page.screenshot(path=str(test_output / "mlflow-experiment.png"), full_page=False)
         assert console.errors == [], console.errors
+
+        # --- an experiment id MLflow does not know: a message, not a blank page ---
+        page.goto(f"{stack.api_url}/#/experiments/999")
+        page.wait_for_selector("text=experiment 999 not found")
+        assert page.text_content("#view .empty h2") == "Not found"
+        # the browser reports the api's 404 as a failed resource; nothing else went wrong
+        assert all("Failed to load resource" in e and "/api/2.0/mlflow/experiments/get" in e for e in console.errors), console.errors
     except Exception:
         print("console errors:", console.errors)
         page.screenshot(path=str(test_output / "mlflow-failure.png"), full_page=True)
