@@ -1,6 +1,7 @@
 // REST and WebSocket client for the runstream api (same origin as the dashboard).
 
 const BASE = "/api/v1";
+const MLFLOW = "/api/2.0/mlflow";
 // Query parameters the api takes repeated (?filter=a&filter=b) rather than comma-separated.
 const REPEATED = new Set(["filter", "meta"]);
 
@@ -19,9 +20,9 @@ export class ApiError extends Error {
   }
 }
 
-/** GET /api/v1<path>?params -> JSON; throws ApiError (status 0 for network errors). */
-export async function get(path, params, { signal } = {}) {
-  const url = new URL(BASE + path, location.origin);
+/** GET <base, /api/v1 unless given><path>?params -> JSON; throws ApiError (status 0 for network errors). */
+export async function get(path, params, { signal, base = BASE } = {}) {
+  const url = new URL(base + path, location.origin);
   for (const [k, v] of Object.entries(params || {})) {
     if (v == null || v === "") continue;
     if (REPEATED.has(k) && Array.isArray(v)) for (const x of v) url.searchParams.append(k, String(x));
@@ -67,6 +68,8 @@ export const api = {
   files: (id, o) => get(`/runs/${encodeURIComponent(id)}/files`, null, o),
   compare: (runs, metrics, o) => get("/compare", { runs, metrics }, o),
   aggregate: (params, o) => get("/aggregate", params, o),
+  // MLflow's experiment id (the links the MLflow client prints) -> {experiment: {name, ...}}
+  mlflowExperiment: (id, o) => get("/experiments/get", { experiment_id: id }, { ...o, base: MLFLOW }),
 };
 
 /**

@@ -1,6 +1,6 @@
 // Hash router: #/ (runs), #/runs/<id> (one run; also MLflow's #/experiments/<eid>/runs/<id>), #/experiments/<eid>
 // (MLflow's experiment link: the runs list of that experiment), #/compare?runs=a,b (compare), #/compute (compute targets).
-import { ApiError, get, live } from "./api.js";
+import { api, ApiError, live } from "./api.js";
 import { clear, h, put, refreshTimes } from "./util.js";
 import * as runsView from "./runs.js";
 import * as runView from "./run.js";
@@ -37,8 +37,7 @@ async function openExperiment(eid, params, seq) {
   view.append(h("p.muted", `Opening experiment ${eid}…`));
   let name;
   try {
-    // api.js's get (the key header, a 401 opens the key entry) on /api/2.0/mlflow: its base is /api/v1
-    const res = await get("/../2.0/mlflow/experiments/get", { experiment_id: eid });
+    const res = await api.mlflowExperiment(eid);
     name = res?.experiment?.name;
   } catch (e) {
     if (seq !== renderSeq) return;
