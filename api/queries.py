@@ -175,18 +175,24 @@ class Series:
     downsampled: bool
 
 
+def _step_range(params: dict[str, Any], from_step: int | None, to_step: int | None) -> str:
+    """The WHERE clauses of an optional step range [from_step, to_step], bound into params."""
+    clause = ""
+    if from_step is not None:
+        params["from"] = from_step
+        clause += " AND step >= {from:Int64}"
+    if to_step is not None:
+        params["to"] = to_step
+        clause += " AND step <= {to:Int64}"
+    return clause
+
+
 def get_series(
     store: Store, run_id: str, project: str | None, name: str, max_points: int | None, from_step: int | None, to_step: int | None
 ) -> Series:
     proj = run_project(store, run_id, project)
     params: dict[str, Any] = {"run": run_id, "project": proj, "metric": name}
-    where = "project = {project:String} AND run_id = {run:String} AND metric = {metric:String}"
-    if from_step is not None:
-        params["from"] = from_step
-        where += " AND step >= {from:Int64}"
-    if to_step is not None:
-        params["to"] = to_step
-        where += " AND step <= {to:Int64}"
+    where = "project = {project:String} AND run_id = {run:String} AND metric = {metric:String}" + _step_range(params, from_step, to_step)
     count = int(store.query_rows(f"SELECT count() FROM metric_points WHERE {where}", params)[0][0])
     if count == 0:
         exists = store.query_rows(
@@ -240,13 +246,7 @@ def get_series_many(
     if len(run_ids) > MAX_SERIES_RUNS:
         raise BadRequest(f"at most {MAX_SERIES_RUNS} runs per request")
     params: dict[str, Any] = {"runs": run_ids, "metric": name, "n": max(3, int(max_points))}
-    steps = ""
-    if from_step is not None:
-        params["from"] = from_step
-        steps += " AND step >= {from:Int64}"
-    if to_step is not None:
-        params["to"] = to_step
-        steps += " AND step <= {to:Int64}"
+    steps = _step_range(params, from_step, to_step)
     rows = store.query_rows(
         "SELECT run_id, count() AS n, largestTriangleThreeBuckets({n:UInt64})(toFloat64(step), value) AS pts FROM "
         f"(SELECT run_id, step, value FROM metric_points WHERE {_scope(project, params)} AND metric = {{metric:String}} "

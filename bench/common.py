@@ -89,6 +89,26 @@ class Pipeline:
         self.stores.append(store)
         return proc
 
+    def start_api(self, store: Any) -> tuple[Any, Any, Any, int]:
+        """A live-publishing processor and the api on it, as `runstream up` runs them, on this
+        loop and a free loopback port, started and tuned once its live hub is ready:
+        (processor, app, uvicorn server, port)."""
+        import uvicorn
+
+        from runstream.api.app import create_app, listen_socket, server_config
+        from runstream.server import tune_gc
+
+        proc = self.start_processor(store, publish_live=True)
+        port = free_port()
+        app = create_app(self.settings, store, proc)
+        server = uvicorn.Server(server_config(app, "127.0.0.1", port))
+        sock = listen_socket("127.0.0.1", port)
+        self.loop.call_soon_threadsafe(lambda: self.loop.create_task(server.serve(sockets=[sock])))
+        while not server.started or not app.state.hub.ready.is_set():
+            time.sleep(0.05)
+        tune_gc()  # as `runstream up` does once started
+        return proc, app, server, port
+
     def count(self) -> int:
         total = 0
         for store in {id(s): s for s in self.stores}.values():

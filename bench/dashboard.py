@@ -168,30 +168,16 @@ def main() -> None:
     parser.add_argument("--kafka")
     args = parser.parse_args()
 
-    import uvicorn
     from playwright.sync_api import sync_playwright
 
-    from bench.common import Pipeline, free_port, machine
+    from bench.common import Pipeline, machine
     from bench.live import trainers
-    from runstream.api.app import create_app, listen_socket, server_config
-    from runstream.processor.consumer import Processor
-    from runstream.server import tune_gc
     from runstream.storage.store import get_store
 
     print(f"machine: {machine()}")
     pipe = Pipeline(args.kafka)
     store = get_store(f"chdb://{pipe.home / 'clickhouse'}")
-    proc = Processor(pipe.settings, store, publish_live=True)
-    pipe.run(proc.start())
-    pipe.processors.append(proc)
-    pipe.stores.append(store)
-    port = free_port()
-    app = create_app(pipe.settings, store, proc)
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
-    pipe.loop.call_soon_threadsafe(lambda: pipe.loop.create_task(server.serve(sockets=[listen_socket("127.0.0.1", port)])))
-    while not server.started or not app.state.hub.ready.is_set():
-        time.sleep(0.05)
-    tune_gc()
+    _, _, server, port = pipe.start_api(store)
     base = f"http://127.0.0.1:{port}"
     trainer = None
     try:

@@ -130,30 +130,12 @@ def main() -> None:
     parser.add_argument("--kafka")
     args = parser.parse_args()
 
-    import uvicorn
-
-    from bench.common import Pipeline, free_port, machine
-    from runstream.api.app import create_app, listen_socket, server_config
-    from runstream.processor.consumer import Processor
-    from runstream.server import tune_gc
+    from bench.common import Pipeline, machine
     from runstream.storage.store import get_store
 
     pipe = Pipeline(args.kafka)
     store = get_store(f"chdb://{pipe.home / 'clickhouse'}")
-    proc = Processor(pipe.settings, store, publish_live=True)
-    pipe.run(proc.start())
-    pipe.processors.append(proc)
-    pipe.stores.append(store)
-    port = free_port()
-    app = create_app(pipe.settings, store, proc)
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port))
-    sock = listen_socket("127.0.0.1", port)
-    pipe.loop.call_soon_threadsafe(lambda: pipe.loop.create_task(server.serve(sockets=[sock])))
-    while not server.started:
-        time.sleep(0.05)
-    while not app.state.hub.ready.is_set():
-        time.sleep(0.05)
-    tune_gc()  # as `runstream up` does once started
+    proc, app, server, port = pipe.start_api(store)
     print(f"machine: {machine()}")
     ctx = mp.get_context("spawn")
     ids_q, out_q, ready_q = ctx.Queue(), ctx.Queue(), ctx.Queue()
