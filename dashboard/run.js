@@ -61,6 +61,8 @@ class MetricCard {
     if (!this.chart) return;
     const want = Math.max(200, this.chart.width());
     const p = api.series(this.runId, this.name, { max_points: want }).then((r) => {
+      // A later load is under way: its answer is newer, and the live points queued meanwhile are for it.
+      if (this.loading !== p) return;
       this.xs = r.steps.slice();
       this.ys = r.values.map(numOrNull);
       this.ts = r.timestamps?.length === r.steps.length ? r.timestamps.slice() : r.steps.map(() => null);
@@ -89,7 +91,9 @@ class MetricCard {
   append(slot) {
     this.updateSummary(slot);
     if (!this.chart) return;
-    if (!this.loaded) {
+    // While a read is in flight its answer replaces the arrays: points appended now would be lost
+    // if they were stored after the read. Queued, they are replayed onto the answer (steps it has are skipped).
+    if (!this.loaded || this.loading) {
       this.queue.push(slot);
       if (!this.loading) this.load();
       return;
@@ -99,8 +103,10 @@ class MetricCard {
       return;
     }
     const { s, v } = slot;
+    let added = 0;
     for (let i = 0; i < s.length; i++) {
-      if (s[i] <= this.restLastStep) continue; // already in the REST answer
+      if (s[i] <= this.restLastStep) continue; // already in the REST answer (and in its count)
+      added++;
       const last = this.xs.length ? this.xs[this.xs.length - 1] : -Infinity;
       if (s[i] < last) this.unsorted = true;
       this.xs.push(s[i]);
@@ -108,7 +114,7 @@ class MetricCard {
       this.ts.push(slot.t?.[i] ?? Date.now() / 1000);
       if (typeof v[i] === "string") this.lastText = v[i];
     }
-    this.count += slot.n ?? s.length;
+    this.count += added;
     // Raw points appended to a downsampled series: refetch once it grows well past the chart width.
     if (this.xs.length > 4 * Math.max(200, this.chart.width())) this.refetchSoon();
     this.redraw();

@@ -41,7 +41,13 @@ def _plot(page: Any, metric: str, expr: str) -> Any:
 
 
 def _await_points(page: Any, metric: str, n: int, timeout: float = 20_000) -> None:
-    page.wait_for_function(f"() => Number(document.querySelector('.chart[data-metric=\"{metric}\"]')?.dataset.points) === {n}", timeout=timeout)
+    chart = f"document.querySelector('.chart[data-metric=\"{metric}\"]')"
+    try:
+        page.wait_for_function(f"() => Number({chart}?.dataset.points) === {n}", timeout=timeout)
+    except Exception as exc:  # say what the page had, so a failure can be told from a slow pipeline
+        state = "live: document.querySelector('#live')?.dataset.state"
+        seen = page.evaluate(f"() => ({{points: {chart}?.dataset.points, count: {chart}?.dataset.count, {state}}})")
+        raise AssertionError(f"{metric}: waited for {n} points, the page has {seen}") from exc
 
 
 def _kv(page: Any, card: str) -> dict[str, str]:
