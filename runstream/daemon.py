@@ -43,6 +43,16 @@ def running_pid(pid_file: Path, marker: bytes) -> int | None:
     return pid
 
 
+def _exiting(pid: int) -> bool:
+    """Whether the process is still exiting: its command line is gone once its memory is
+    released, but its files (the listening socket) close later; a zombie has closed them."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # gone, or no /proc: the command line check alone decides
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
+
+
 def terminate(pid: int, pid_file: Path, marker: bytes, timeout: float) -> None:
     """SIGTERM, wait up to `timeout` for the process to go (reaping it when it is our
     child, as after a failed start), then SIGKILL; the pid file goes either way."""
@@ -56,7 +66,7 @@ def terminate(pid: int, pid_file: Path, marker: bytes, timeout: float) -> None:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
-        if running_pid(pid_file, marker) is None:
+        if running_pid(pid_file, marker) is None and not _exiting(pid):
             break
         time.sleep(0.1)
     else:
